@@ -1,0 +1,166 @@
+"""Atomic edit batches on a live orion (the planner's way to change a running DAG).
+
+``apply_edits`` applies every operation or none: each applied step records its inverse and a
+failure rolls the batch back before re-raising as ``EditRejectedError`` naming the operation
+and the rule it broke. Edge decisions against already-finished prerequisites are deferred to
+commit time, so nothing irreversible (a cascade of cancellations) happens mid-batch.
+
+Rules: I1 a star has one device and keeps it while running; I2 the DAG stays acyclic;
+I3 only PENDING / WAITING_DEPENDENCY stars, and edges into them, may change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from .errors import EditRejectedError, InvalidArgumentError, OrionError, Violation
+from .task_orion import TaskOrion
+from .task_star import TaskStar
+from .task_star_line import TaskStarLine
+
+TASK_FIELDS = ("name", "description", "tips", "target_device_id", "device_type", "priority",
+               "timeout", "retry_count", "task_data", "expected_output_type",
+               "required_capabilities")
+LINE_FIELDS = ("dependency_type", "condition", "condition_description", "metadata")
+
+
+@dataclass
+class AddTask:
+    task: TaskStar
+
+
+@dataclass
+class RemoveTask:
+    task_id: str
+
+
+@dataclass
+class UpdateTask:
+    task_id: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class AddDependency:
+    dependency: TaskStarLine
+
+
+@dataclass
+class RemoveDependency:
+    line_id: str
+
+
+@dataclass
+class UpdateDependency:
+    line_id: str
+    fields: dict[str, Any]
+
+
+EditOperation = Union[AddTask, RemoveTask, UpdateTask, AddDependency, RemoveDependency,
+                      UpdateDependency]
+
+
+@dataclass
+class EditOutcome:
+    applied: int
+    cancelled_task_ids: list[str] = field(default_factory=list)
+
+
+_RULE_BY_REASON = {
+    "TASK_RUNNING": "I1" , "TASK_NOT_MODIFIABLE": "I3", "DEPENDENCY_CYCLE": "I2",
+    "TASK_NOT_FOUND": "NOT_FOUND", "DEPENDENCY_NOT_FOUND": "NOT_FOUND",
+    "TASK_ALREADY_EXISTS": "ALREADY_EXISTS", "DEPENDENCY_ALREADY_EXISTS": "ALREADY_EXISTS",
+}
+
+
+def _rule_for(error: OrionError, op: EditOperation) -> str:
+    rule = _RULE_BY_REASON.get(error.reason, "INVALID")
+    if rule == "I1" and not (isinstance(op, UpdateTask) and "target_device_id" in op.fields):
+        rule = "I3"  # a running star may not change at all; I1 is the device-specific case
+    return rule
+
+
+def _set_fields(obj: Any, fields: dict[str, Any], allowed: tuple[str, ...], kind: str
+                ) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"Unknown {kind} field(s) {unknown}; editable fields: {', '.join(allowed)}",
+            "UNKNOWN_FIELD", [Violation(name, "not editable", "UNKNOWN_FIELD") for name in unknown])
+    old = {}
+    for name, value in fields.items():
+        old[name] = getattr(obj, name)
+        if name == "task_data":
+            obj._task_data = dict(value or {})
+        else:
+            setattr(obj, name, value)
+    return old
+
+
+def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
+    """Apply ``op``; return its inverse."""
+    if isinstance(op, AddTask):
+        orion.add_task(op.task)
+        return lambda: orion._detach(op.task.task_id)
+    if isinstance(op, RemoveTask):
+        task = orion.require_task(op.task_id)
+        orion.check_modifiable(task, "remove")
+        lines = orion.get_task_dependencies(op.task_id) + orion.get_task_dependents(op.task_id)
+        orion.remove_task(op.task_id)
+
+        def undo_remove() -> None:
+            orion._attach(task)
+            for line in lines:
+                orion._relink(line)
+        return undo_remove
+    if isinstance(op, UpdateTask):
+        task = orion.require_task(op.task_id)
+        orion.check_modifiable(task, "modify")
+        old = _set_fields(task, op.fields, TASK_FIELDS, "task")
+        return lambda: _set_fields(task, old, TASK_FIELDS, "task") and None
+    if isinstance(op, AddDependency):
+        orion.add_dependency(op.dependency)
+        return lambda: orion._unlink(op.dependency)
+    if isinstance(op, RemoveDependency):
+        line = orion.require_dependency(op.line_id)
+        orion.remove_dependency(op.line_id)
+        return lambda: orion._relink(line)
+    if isinstance(op, UpdateDependency):
+        line = orion.require_dependency(op.line_id)
+        orion.check_modifiable(orion.require_task(line.to_task_id), "modify a dependency of")
+        orion._unlink(line)
+        try:
+            old = _set_fields(line, op.fields, LINE_FIELDS, "dependency")
+        finally:
+            orion._relink(line)
+
+        def undo_update() -> None:
+            orion._unlink(line)
+            _set_fields(line, old, LINE_FIELDS, "dependency")
+            orion._relink(line)
+        return undo_update
+    raise InvalidArgumentError(f"Unknown edit operation {type(op).__name__}", "UNKNOWN_EDIT")
+
+
+def apply_edits(orion: TaskOrion, edits: list[EditOperation]) -> EditOutcome:
+    """Apply ``edits`` atomically; raise EditRejectedError (nothing changed) on the first bad one."""
+    undo: list[Callable[[], None]] = []
+    orion._deferred = []
+    try:
+        for index, op in enumerate(edits):
+            try:
+                undo.append(_apply_one(orion, op))
+            except OrionError as exc:
+                for inverse in reversed(undo):
+                    inverse()
+                raise EditRejectedError(exc, index, _rule_for(exc, op)) from exc
+            except (TypeError, ValueError) as exc:  # e.g. a condition that does not parse
+                for inverse in reversed(undo):
+                    inverse()
+                cause = InvalidArgumentError(str(exc), "INVALID_EDIT")
+                raise EditRejectedError(cause, index, "INVALID") from exc
+    finally:
+        cancelled = orion._commit_deferred()
+    orion._touch()
+    return EditOutcome(len(edits), [t.task_id for t in cancelled])

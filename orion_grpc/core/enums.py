@@ -1,0 +1,96 @@
+"""Enumerations shared by the engine (values match the reference API)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskStatus(Enum):
+    """Lifecycle of one star."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    WAITING_DEPENDENCY = "waiting_dependency"
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+MODIFIABLE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.WAITING_DEPENDENCY})
+
+
+class DependencyType(Enum):
+    """How a prerequisite's outcome satisfies an edge (see docs/concepts.md)."""
+
+    UNCONDITIONAL = "unconditional"
+    CONDITIONAL = "conditional"
+    SUCCESS_ONLY = "success_only"
+    COMPLETION_ONLY = "completion_only"
+
+
+class OrionState(Enum):
+    """State of a whole orion, recomputed on every star transition."""
+
+    CREATED = "created"
+    READY = "ready"
+    EXECUTING = "executing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PARTIALLY_FAILED = "partially_failed"
+    CANCELLED = "cancelled"  # Orion addition: the reference has no way to say "stopped by request"
+
+
+class TaskPriority(Enum):
+    """Dispatch order among ready stars: higher first."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+
+class DeviceType(Enum):
+    """Kinds of devices a star may target."""
+
+    WINDOWS = "windows"
+    MACOS = "macos"
+    LINUX = "linux"
+    ANDROID = "android"
+    IOS = "ios"
+    WEB = "web"
+    API = "api"
+
+
+class DeviceStatus(Enum):
+    """Connection / occupancy state of a device."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    IDLE = "idle"
+    BUSY = "busy"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+
+
+ONLINE_DEVICE_STATUSES = frozenset({DeviceStatus.CONNECTED, DeviceStatus.IDLE, DeviceStatus.BUSY})
+
+
+def parse_enum(enum_cls: type[Enum], value: object, default: Enum | None = None) -> Enum | None:
+    """Accept an enum member, its value, or its name (any case); else ``default``.
+
+    The reference accepts loose spellings when loading dicts/JSON; we keep that leniency.
+    """
+    if isinstance(value, enum_cls):
+        return value
+    if value is None:
+        return default
+    for member in enum_cls:
+        if member.value == value:
+            return member
+    if isinstance(value, str):
+        upper = value.upper()
+        for member in enum_cls:
+            if member.name == upper:
+                return member
+    return default

@@ -1,0 +1,266 @@
+"""TaskStarLine: a dependency edge between two stars."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Callable
+
+from .conditions import CompiledCondition, ConditionError, compile_condition
+from .enums import DependencyType, TaskStatus, parse_enum
+from .task_star import _load_json_object, json_safe, utcnow
+
+ConditionEvaluator = Callable[[Any], bool]
+
+
+class TaskStarLine:
+    """Edge ``from_task_id`` (prerequisite) → ``to_task_id`` (dependent).
+
+    Semantics (docs/concepts.md):
+    - UNCONDITIONAL, COMPLETION_ONLY: satisfied once the prerequisite is terminal, any outcome.
+    - SUCCESS_ONLY: satisfied only if the prerequisite COMPLETED.
+    - CONDITIONAL: satisfied if the condition holds. In-process the condition may be a Python
+      callable (``condition_evaluator``, called with the result, or the error on failure); on
+      the wire it is ``condition``, a safe expression over ``result``, ``status``, ``success``,
+      ``error`` and ``task_id``. Without either it means "prerequisite succeeded".
+    An edge that can never be satisfied cancels its dependent (and, transitively, whatever
+    needed that dependent), so no run can hang on it.
+    """
+
+    def __init__(
+        self,
+        from_task_id: str,
+        to_task_id: str,
+        dependency_type: DependencyType | str = DependencyType.UNCONDITIONAL,
+        condition_description: str | None = None,
+        condition_evaluator: ConditionEvaluator | None = None,
+        line_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        condition: str | None = None,
+    ) -> None:
+        self._line_id = line_id or str(uuid.uuid4())
+        self._from_task_id = from_task_id
+        self._to_task_id = to_task_id
+        self._dependency_type: DependencyType = parse_enum(  # type: ignore[assignment]
+            DependencyType, dependency_type, DependencyType.UNCONDITIONAL)
+        self._condition_description = condition_description or ""
+        self._condition_evaluator = condition_evaluator
+        self._condition: CompiledCondition | None = compile_condition(condition) if condition else None
+        self._metadata: dict[str, Any] = dict(metadata) if metadata else {}
+        self._created_at = utcnow()
+        self._updated_at = self._created_at
+        self._is_satisfied = False
+        self._last_evaluation_result: bool | None = None
+        self._last_evaluation_time: datetime | None = None
+        self._last_evaluation_note: str = ""
+        self._resolution = 0  # owned by the orion: unresolved / satisfied / unsatisfiable
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def line_id(self) -> str:
+        return self._line_id
+
+    @property
+    def from_task_id(self) -> str:
+        return self._from_task_id
+
+    @property
+    def to_task_id(self) -> str:
+        return self._to_task_id
+
+    source_task_id = from_task_id
+    target_task_id = to_task_id
+
+    @property
+    def dependency_type(self) -> DependencyType:
+        return self._dependency_type
+
+    @dependency_type.setter
+    def dependency_type(self, value: DependencyType | str) -> None:
+        self._dependency_type = parse_enum(  # type: ignore[assignment]
+            DependencyType, value, DependencyType.UNCONDITIONAL)
+        self.reset_satisfaction()
+
+    @property
+    def condition_description(self) -> str:
+        return self._condition_description
+
+    @condition_description.setter
+    def condition_description(self, value: str) -> None:
+        self._condition_description = value
+        self._updated_at = utcnow()
+
+    @property
+    def condition(self) -> str | None:
+        """The wire-safe condition expression, if any."""
+        return self._condition.source if self._condition else None
+
+    @condition.setter
+    def condition(self, value: str | None) -> None:
+        self._condition = compile_condition(value) if value else None
+        self.reset_satisfaction()
+
+    @property
+    def condition_evaluator(self) -> ConditionEvaluator | None:
+        return self._condition_evaluator
+
+    def set_condition_evaluator(self, evaluator: ConditionEvaluator | None) -> None:
+        self._condition_evaluator = evaluator
+        self.reset_satisfaction()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata.copy()
+
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        self._metadata.update(metadata)
+        self._updated_at = utcnow()
+
+    @property
+    def created_at(self) -> datetime:
+        return self._created_at
+
+    @property
+    def updated_at(self) -> datetime:
+        return self._updated_at
+
+    @property
+    def last_evaluation_result(self) -> bool | None:
+        return self._last_evaluation_result
+
+    @property
+    def last_evaluation_time(self) -> datetime | None:
+        return self._last_evaluation_time
+
+    @property
+    def last_evaluation_note(self) -> str:
+        """Why the last evaluation said no (e.g. a condition that raised)."""
+        return self._last_evaluation_note
+
+    def is_satisfied(self, completed_tasks: list[str] | None = None) -> bool:
+        if completed_tasks is not None:
+            return self._from_task_id in completed_tasks
+        return self._is_satisfied
+
+    def mark_satisfied(self) -> None:
+        self._is_satisfied = True
+        self._last_evaluation_result = True
+        self._last_evaluation_time = self._updated_at = utcnow()
+
+    def reset_satisfaction(self) -> None:
+        self._is_satisfied = False
+        self._last_evaluation_result = None
+        self._last_evaluation_time = None
+        self._last_evaluation_note = ""
+        self._updated_at = utcnow()
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_for(self, status: TaskStatus, result: Any, error: BaseException | None) -> bool:
+        """Decide this edge once its prerequisite is terminal with ``status``."""
+        dep = self._dependency_type
+        note = ""
+        if dep is DependencyType.UNCONDITIONAL or dep is DependencyType.COMPLETION_ONLY:
+            ok = True
+        elif dep is DependencyType.SUCCESS_ONLY:
+            ok = status is TaskStatus.COMPLETED
+            if not ok:
+                note = f"prerequisite {self._from_task_id} {status.value}"
+        elif status is TaskStatus.CANCELLED:
+            ok, note = False, f"prerequisite {self._from_task_id} was cancelled"
+        elif self._condition_evaluator is not None:
+            try:
+                ok = bool(self._condition_evaluator(result if status is TaskStatus.COMPLETED else error))
+            except Exception as exc:  # a planner's callable must not crash the scheduler
+                ok, note = False, f"condition evaluator raised {type(exc).__name__}: {exc}"
+        elif self._condition is not None:
+            try:
+                ok = self._condition.evaluate({
+                    "result": result,
+                    "status": status.value,
+                    "success": status is TaskStatus.COMPLETED,
+                    "error": str(error) if error else None,
+                    "task_id": self._from_task_id,
+                })
+            except ConditionError as exc:
+                ok, note = False, f"condition {self._condition.source!r} failed: {exc}"
+        else:
+            ok = status is TaskStatus.COMPLETED
+        if not ok and not note:
+            note = f"condition on {self._from_task_id} not met"
+        self._is_satisfied = ok
+        self._last_evaluation_result = ok
+        self._last_evaluation_time = utcnow()
+        self._last_evaluation_note = note
+        return ok
+
+    def evaluate_condition(self, prerequisite_result: Any) -> bool:
+        """Reference API: evaluate against a successful prerequisite's result."""
+        return self.evaluate_for(TaskStatus.COMPLETED, prerequisite_result, None)
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line_id": self._line_id,
+            "from_task_id": self._from_task_id,
+            "to_task_id": self._to_task_id,
+            "dependency_type": self._dependency_type.value,
+            "condition_description": self._condition_description,
+            "condition": self.condition,
+            "metadata": json_safe(self._metadata),
+            "is_satisfied": self._is_satisfied,
+            "last_evaluation_result": self._last_evaluation_result,
+            "last_evaluation_time": (self._last_evaluation_time.isoformat()
+                                     if self._last_evaluation_time else None),
+            "created_at": self._created_at.isoformat(),
+            "updated_at": self._updated_at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskStarLine:
+        line = cls(
+            from_task_id=data["from_task_id"],
+            to_task_id=data["to_task_id"],
+            dependency_type=data.get("dependency_type", DependencyType.UNCONDITIONAL.value),
+            condition_description=data.get("condition_description"),
+            line_id=data.get("line_id"),
+            metadata=data.get("metadata") or {},
+            condition=data.get("condition"),
+        )
+        line._is_satisfied = bool(data.get("is_satisfied", False))
+        line._last_evaluation_result = data.get("last_evaluation_result")
+        for key in ("created_at", "updated_at", "last_evaluation_time"):
+            if data.get(key):
+                setattr(line, f"_{key}", datetime.fromisoformat(data[key]))
+        return line
+
+    def to_json(self, save_path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if save_path:
+            with open(save_path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, json_data: str | None = None, file_path: str | None = None) -> TaskStarLine:
+        return cls.from_dict(_load_json_object(json_data, file_path))
+
+    @classmethod
+    def create_unconditional(cls, from_task_id: str, to_task_id: str,
+                             description: str = "Unconditional dependency") -> TaskStarLine:
+        return cls(from_task_id, to_task_id, DependencyType.UNCONDITIONAL, description)
+
+    @classmethod
+    def create_success_only(cls, from_task_id: str, to_task_id: str,
+                            description: str = "Success-only dependency") -> TaskStarLine:
+        return cls(from_task_id, to_task_id, DependencyType.SUCCESS_ONLY, description)
+
+    @classmethod
+    def create_conditional(cls, from_task_id: str, to_task_id: str, condition_description: str,
+                           condition_evaluator: ConditionEvaluator | None = None,
+                           condition: str | None = None) -> TaskStarLine:
+        return cls(from_task_id, to_task_id, DependencyType.CONDITIONAL, condition_description,
+                   condition_evaluator, condition=condition)
+
+    def __repr__(self) -> str:
+        return f"TaskStarLine({self._from_task_id} -> {self._to_task_id}, {self._dependency_type.value})"
