@@ -194,7 +194,8 @@ def check(wanted: dict[str, str]) -> int:
     for p in changed:
         diff = list(
             difflib.unified_diff(
-                have[p].splitlines(), wanted[p].splitlines(), f"committed/{p}", f"generated/{p}", lineterm="", n=1
+                have[p].splitlines(), wanted[p].splitlines(), f"committed/{p}", f"generated/{p}",
+                lineterm="", n=1,
             )
         )
         print(f"  changed:    {p} ({sum(1 for d in diff if d[:1] in '+-') - 2} lines differ)")
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if orion_grpc/gen is stale; write nothing")
     parser.add_argument(
-        "--allow-version-mismatch", action="store_true", help="generate even if the generator versions differ from the pins"
+        "--allow-version-mismatch", action="store_true",
+        help="generate even if the generator versions differ from the pins",
     )
     args = parser.parse_args(argv)
     check_versions(args.allow_version_mismatch)

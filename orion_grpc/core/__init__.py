@@ -4,17 +4,50 @@ This package imports no gRPC and no protobuf; the API layer adapts it to the wir
 """
 
 from .conditions import CompiledCondition, ConditionError, compile_condition
-from .device_manager import (AgentProfile, ConstellationDeviceManager, DeviceInfo, DeviceLink,
-                             ExecutionResult, Lease, LeaseOutcome, OrionDeviceManager)
-from .edits import (AddDependency, AddTask, EditOperation, EditOutcome, RemoveDependency,
-                    RemoveTask, UpdateDependency, UpdateTask, apply_edits)
-from .enums import (DependencyType, DeviceStatus, DeviceType, OrionState, TaskPriority,
-                    TaskStatus)
-from .errors import (AlreadyExistsError, EditRejectedError, ErrorCategory,
-                     FailedPreconditionError, InvalidArgumentError, NotFoundError, OrionError,
-                     UnavailableError, Violation)
-from .events import (AgentEvent, DeviceEvent, Event, EventBus, EventType, IEventObserver,
-                     OrionEvent, TaskEvent, get_event_bus)
+from .device_manager import (
+                             AgentProfile,
+                             ConstellationDeviceManager,
+                             DeviceInfo,
+                             DeviceLink,
+                             ExecutionResult,
+                             Lease,
+                             LeaseOutcome,
+                             OrionDeviceManager,
+)
+from .edits import (
+                             AddDependency,
+                             AddTask,
+                             EditOperation,
+                             EditOutcome,
+                             RemoveDependency,
+                             RemoveTask,
+                             UpdateDependency,
+                             UpdateTask,
+                             apply_edits,
+)
+from .enums import DependencyType, DeviceStatus, DeviceType, OrionState, TaskPriority, TaskStatus
+from .errors import (
+                             AlreadyExistsError,
+                             EditRejectedError,
+                             ErrorCategory,
+                             FailedPreconditionError,
+                             InvalidArgumentError,
+                             NotFoundError,
+                             OrionError,
+                             UnavailableError,
+                             Violation,
+)
+from .events import (
+                             AgentEvent,
+                             DeviceEvent,
+                             Event,
+                             EventBus,
+                             EventType,
+                             IEventObserver,
+                             OrionEvent,
+                             TaskEvent,
+                             get_event_bus,
+)
 from .fake_device import FakeDevice
 from .manager import OrionManager
 from .orchestrator import TaskExecutionError, TaskOrionOrchestrator

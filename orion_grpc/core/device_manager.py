@@ -16,9 +16,10 @@ import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .enums import ONLINE_DEVICE_STATUSES, DeviceStatus, DeviceType, TaskStatus, parse_enum
 from .errors import NotFoundError, UnavailableError
@@ -130,7 +131,7 @@ class DeviceLink(ABC):
     def send_cancel(self, lease_id: str, reason: str) -> None:
         """Ask the device to stop an attempt (its result, if any, will be fenced off)."""
 
-    def close(self, reason: str) -> None:  # noqa: B027 - optional hook
+    def close(self, reason: str) -> None:
         """The manager dropped this link (superseded, unregistered or lost)."""
 
 

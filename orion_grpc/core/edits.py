@@ -11,8 +11,9 @@ I3 only PENDING / WAITING_DEPENDENCY stars, and edges into them, may change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from .errors import EditRejectedError, InvalidArgumentError, OrionError, Violation
 from .task_orion import TaskOrion

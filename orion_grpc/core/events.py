@@ -246,7 +246,7 @@ class EventBus:
         try:
             await asyncio.wait_for(asyncio.gather(*(s.flush() for s in subs)), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def dropped_events(self, observer: IEventObserver) -> int:

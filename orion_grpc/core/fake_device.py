@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .device_manager import REASON_TASK_ERROR, DeviceLink, Lease, OrionDeviceManager
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .device_manager import DeviceInfo, OrionDeviceManager
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, TaskStatus

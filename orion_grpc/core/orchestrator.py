@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .device_manager import REASON_DEVICE_DISCONNECTION, Lease, LeaseOutcome, OrionDeviceManager
 from .enums import MODIFIABLE_STATUSES, OrionState, TaskStatus
-from .errors import (AlreadyExistsError, FailedPreconditionError, InvalidArgumentError,
-                     NotFoundError, UnavailableError, Violation)
+from .errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    Violation,
+)
 from .events import EventBus, EventType, OrionEvent, TaskEvent, get_event_bus
 from .manager import OrionManager, is_eligible, orion_status
 from .task_orion import TaskOrion
@@ -119,7 +125,7 @@ class TaskOrionOrchestrator:
     async def prepare_orion(self, orion: TaskOrion, device_assignments: dict[str, str] | None = None,
                             assignment_strategy: str | None = None) -> None:
         """Validate the DAG and settle every star's device; raises and changes nothing on error."""
-        dm = self._require_device_manager()
+        self._require_device_manager()
         if orion.orion_id in self._runs:
             raise AlreadyExistsError(f"Orion {orion.orion_id} is already being orchestrated",
                                      "ORION_ALREADY_RUNNING", {"orion_id": orion.orion_id})
@@ -314,6 +320,9 @@ class _Run:
         orion.add_change_listener(wake)
         try:
             while not self.cancelled:
+                # Clear before the work, not after it: a wake-up raised by the work itself
+                # (e.g. _pump moving stars to a device it has already passed) must not be lost.
+                self.wake.clear()
                 await self._synchronize()
                 self._intake()
                 self._pump()
@@ -323,7 +332,6 @@ class _Run:
                     if not self.queued and not orion._ready and not self.grace_timers:
                         self._fail_stalled()
                         continue
-                self.wake.clear()
                 await self.wake.wait()
         finally:
             dm.remove_capacity_listener(self._on_capacity)

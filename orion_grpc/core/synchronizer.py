@@ -12,10 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from .edits import (AddDependency, AddTask, EditOperation, EditOutcome, RemoveDependency,
-                    RemoveTask, UpdateDependency, UpdateTask, apply_edits)
+from .edits import (
+    AddDependency,
+    AddTask,
+    EditOperation,
+    EditOutcome,
+    RemoveDependency,
+    RemoveTask,
+    UpdateDependency,
+    UpdateTask,
+    apply_edits,
+)
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, TaskStatus
 from .errors import InvalidArgumentError, NotFoundError, Violation
 from .events import Event, EventType, IEventObserver, OrionEvent, TaskEvent
@@ -158,7 +168,7 @@ class OrionModificationSynchronizer(IEventObserver):
                 changed.clear()
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
         finally:
             self._changed = None

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, OrionState, TaskStatus
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
@@ -276,7 +277,7 @@ class TaskOrion:
         backward.sort(key=lambda t: t._ord)
         forward.sort(key=lambda t: t._ord)
         slots = sorted(t._ord for t in backward + forward)
-        for task, slot in zip(backward + forward, slots):
+        for task, slot in zip(backward + forward, slots, strict=True):
             task._ord = slot
 
     @staticmethod
@@ -316,10 +317,10 @@ class TaskOrion:
 
     def _detach(self, task_id: str) -> None:
         """Remove a star added by an edit that is being rolled back (no I3 check)."""
-        task = self._tasks.pop(task_id)
+        task = self._tasks[task_id]
         for line in list(self._in[task_id].values()) + list(self._out[task_id].values()):
-            self._unlink(line)
-        del self._out[task_id], self._in[task_id]
+            self._unlink(line)  # needs both endpoints still present
+        del self._tasks[task_id], self._out[task_id], self._in[task_id]
         self._counts[task._status] -= 1
         self._ready.pop(task_id, None)
         task._listener = None
@@ -450,7 +451,7 @@ class TaskOrion:
         if task.is_terminal:
             return []
         task.cancel(reason)
-        newly_ready, cancelled = self._resolve_edges(task, list(self._out[task_id].values()))
+        cancelled = self._resolve_edges(task, list(self._out[task_id].values()))[1]
         self._touch()
         return [task, *cancelled]
 
@@ -696,11 +697,19 @@ class TaskOrion:
                 raise NotFoundError(f"Target task {line.to_task_id} not found", "TASK_NOT_FOUND")
             orion._order_edge(orion._tasks[line.from_task_id], orion._tasks[line.to_task_id])
             orion._link(line)
+            if ddata.get("last_evaluation_time"):  # re-deciding a saved edge is not news
+                line._last_evaluation_time = datetime.fromisoformat(ddata["last_evaluation_time"])
         if data.get("state") == OrionState.CANCELLED.value:
             orion._cancel_requested = True
         for key in ("created_at", "updated_at", "execution_start_time", "execution_end_time"):
             if data.get(key):
                 setattr(orion, f"_{key}", datetime.fromisoformat(data[key]))
+        if orion._execution_start_time and not orion._execution_end_time:
+            # A saved run in progress: blocked stars keep showing WAITING_DEPENDENCY.
+            orion._scheduling = True
+            for task in orion._tasks.values():
+                if task._status is TaskStatus.PENDING and task._unresolved:
+                    task._mark_waiting(True)
         return orion
 
     def to_json(self, save_path: str | None = None) -> str:

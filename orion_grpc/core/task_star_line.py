@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .enums import DependencyType, TaskStatus, parse_enum
