@@ -25,6 +25,7 @@ from .edits import (
                              UpdateTask,
                              apply_edits,
 )
+from .engine import EngineConfig, OrionEngine
 from .enums import DependencyType, DeviceStatus, DeviceType, OrionState, TaskPriority, TaskStatus
 from .errors import (
                              AlreadyExistsError,
@@ -60,7 +61,8 @@ __all__ = [
     "AddDependency", "AddTask", "AgentEvent", "AgentProfile", "AlreadyExistsError",
     "CompiledCondition", "ConditionError", "ConstellationDeviceManager", "DependencyType",
     "DeviceEvent", "DeviceInfo", "DeviceLink", "DeviceStatus", "DeviceType", "EditOperation",
-    "EditOutcome", "EditRejectedError", "ErrorCategory", "Event", "EventBus", "EventType",
+    "EditOutcome", "EditRejectedError", "EngineConfig", "ErrorCategory", "Event", "EventBus",
+    "EventType", "OrionEngine",
     "ExecutionResult", "FailedPreconditionError", "FakeDevice", "IEventObserver",
     "InvalidArgumentError", "Lease", "LeaseOutcome", "NotFoundError", "OrionDeviceManager",
     "OrionError", "OrionEvent", "OrionManager", "OrionModificationSynchronizer", "OrionState",

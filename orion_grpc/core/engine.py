@@ -1,0 +1,48 @@
+"""OrionEngine: one object holding a wired-up engine (what a server process hosts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .device_manager import OrionDeviceManager
+from .events import EventBus
+from .manager import OrionManager
+from .orchestrator import TaskOrionOrchestrator
+from .synchronizer import OrionModificationSynchronizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine tuning; the server builds it from flags / environment."""
+
+    max_concurrent_tasks: int | None = None
+    retry_backoff_base: float = 0.5
+    retry_backoff_max: float = 30.0
+    device_grace_period: float = 10.0
+    modification_timeout: float = 600.0
+    heartbeat_interval: float = 10.0
+
+
+class OrionEngine:
+    """Event bus + device manager + orion manager + orchestrator + synchronizer, wired."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.bus = EventBus()
+        self.devices = OrionDeviceManager(heartbeat_interval=self.config.heartbeat_interval,
+                                          event_bus=self.bus)
+        self.manager = OrionManager(self.devices)
+        self.orchestrator = TaskOrionOrchestrator(
+            self.devices, event_bus=self.bus, orion_manager=self.manager,
+            max_concurrent_tasks=self.config.max_concurrent_tasks,
+            retry_backoff_base=self.config.retry_backoff_base,
+            retry_backoff_max=self.config.retry_backoff_max,
+            device_grace_period=self.config.device_grace_period)
+        self.synchronizer = OrionModificationSynchronizer(self.orchestrator)
+        self.synchronizer.set_modification_timeout(self.config.modification_timeout)
+
+    async def close(self) -> None:
+        for orion_id in list(self.orchestrator._runs):
+            await self.orchestrator.cancel_orion(orion_id)
+        await self.devices.shutdown()
+        await self.bus.close()
