@@ -487,6 +487,7 @@ class _Run:
             if others:
                 task.target_device_id = None  # _enqueue picks an eligible device
                 self._enqueue(task)
+                self.wake.set()  # its new heap may be one _pump has already passed
             else:
                 self._fail_unplaceable(task, f"Device {device_id} is disconnected and no other "
                                              "eligible device is online",
