@@ -192,6 +192,7 @@ class TaskOrionOrchestrator:
             return await run.execute()
         except asyncio.CancelledError:
             run.cancel("orchestration task cancelled")
+            run._finish()  # publish ORION_CANCELLED; the caller gets no result to read
             raise
         finally:
             self._runs.pop(orion.orion_id, None)
@@ -333,6 +334,11 @@ class _Run:
                         self._fail_stalled()
                         continue
                 await self.wake.wait()
+        except asyncio.CancelledError:
+            # The awaiting task was cancelled: cancel the orion (below) like cancel_orion does,
+            # or its leases keep running and its stars stay RUNNING / PENDING forever.
+            self.cancel("orchestration task cancelled")
+            raise
         finally:
             dm.remove_capacity_listener(self._on_capacity)
             orion.remove_change_listener(wake)

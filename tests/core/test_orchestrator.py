@@ -400,6 +400,27 @@ async def test_cancel_orion_mid_run(dm, orchestrator, recorder):
     assert (await run(orchestrator, again))["status"] == "completed"
 
 
+async def test_cancelling_the_awaiting_task_cancels_the_orion(dm, orchestrator, recorder):
+    (dev,) = await fleet(dm, "d1", hang_task_ids={"slow"})
+    orion = make_orion(star("slow"), star("next"), edges=(("slow", "next"),))
+    runner = asyncio.create_task(orchestrator.orchestrate_orion(orion))
+    await recorder.wait_for(EventType.TASK_STARTED)
+
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, RUN_TIMEOUT)
+
+    assert orion.state is OrionState.CANCELLED
+    assert set(status_of(orion).values()) == {TaskStatus.CANCELLED}
+    assert [lease for lease, _ in dev.cancelled] == [dev.received[0].lease_id]
+    assert dm.running_count("d1") == 0
+    assert not orchestrator.is_running(orion.orion_id)
+    event = await recorder.wait_for(EventType.ORION_CANCELLED)
+    assert event.orion_id == orion.orion_id
+    again = make_orion(star("a"))
+    assert (await run(orchestrator, again))["status"] == "completed"
+
+
 async def test_cancel_unknown_orion_returns_false(orchestrator):
     assert await orchestrator.cancel_orion("no-such-orion") is False
 
