@@ -8,6 +8,8 @@ from enum import Enum
 class TaskStatus(Enum):
     """Lifecycle of one star."""
 
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
+
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -23,6 +25,8 @@ MODIFIABLE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.WAITING_DEPENDEN
 class DependencyType(Enum):
     """How a prerequisite's outcome satisfies an edge (see docs/concepts.md)."""
 
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
+
     UNCONDITIONAL = "unconditional"
     CONDITIONAL = "conditional"
     SUCCESS_ONLY = "success_only"
@@ -31,6 +35,8 @@ class DependencyType(Enum):
 
 class OrionState(Enum):
     """State of a whole orion, recomputed on every star transition."""
+
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
 
     CREATED = "created"
     READY = "ready"
@@ -44,6 +50,8 @@ class OrionState(Enum):
 class TaskPriority(Enum):
     """Dispatch order among ready stars: higher first."""
 
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
+
     LOW = 1
     MEDIUM = 2
     HIGH = 3
@@ -52,6 +60,8 @@ class TaskPriority(Enum):
 
 class DeviceType(Enum):
     """Kinds of devices a star may target."""
+
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
 
     WINDOWS = "windows"
     MACOS = "macos"
@@ -64,6 +74,8 @@ class DeviceType(Enum):
 
 class DeviceStatus(Enum):
     """Connection / occupancy state of a device."""
+
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
 
     CONNECTING = "connecting"
     CONNECTED = "connected"

@@ -11,6 +11,7 @@ Costs (the reference rescans the whole DAG on every step; we never do):
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ from typing import Any
 
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, OrionState, TaskStatus
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from .task_star import TaskStar, _load_json_object, json_safe, utcnow
+from .task_star import TaskStar, _load_json_object, json_safe, to_datetime, to_timestamp, utcnow
 from .task_star_line import TaskStarLine
 
 # Resolution of an edge, stored on the line object (attribute access beats dict lookups).
@@ -51,7 +52,7 @@ class TaskOrion:
         self._change_listeners: list[Callable[[], None]] = []
         self._metadata: dict[str, Any] = dict(metadata) if metadata else {}
         self._created_at = utcnow()
-        self._updated_at = self._created_at
+        self._updated_ts = time.time()  # epoch float: _touch runs on every mutation
         self._execution_start_time: datetime | None = None
         self._execution_end_time: datetime | None = None
 
@@ -123,7 +124,7 @@ class TaskOrion:
 
     @property
     def updated_at(self) -> datetime:
-        return self._updated_at
+        return to_datetime(self._updated_ts)  # type: ignore[return-value]
 
     @property
     def execution_start_time(self) -> datetime | None:
@@ -143,7 +144,7 @@ class TaskOrion:
         return dict(self._counts)
 
     def _touch(self) -> None:
-        self._updated_at = utcnow()
+        self._updated_ts = time.time()
         for listener in self._change_listeners:
             listener()
 
@@ -310,10 +311,21 @@ class TaskOrion:
             else:
                 self._resolve_edges(src, [line])
 
-    def _relink(self, line: TaskStarLine) -> None:
-        """Re-insert an edge that existed before (rollback of an edit)."""
+    def _relink(self, line: TaskStarLine, resolution: int = UNRESOLVED) -> None:
+        """Re-insert an edge that existed before (rollback of an edit).
+
+        An edge that was already decided (``resolution``) goes back decided: evaluating it
+        again would re-run its condition and restamp it, which a rollback must not do.
+        """
         self._order_edge(self._tasks[line.from_task_id], self._tasks[line.to_task_id])
-        self._link(line)
+        if resolution == UNRESOLVED:
+            self._link(line)
+            return
+        lid = line.line_id
+        self._dependencies[lid] = line
+        self._out[line.from_task_id][lid] = line
+        self._in[line.to_task_id][lid] = line
+        line._resolution = resolution
 
     def _detach(self, task_id: str) -> None:
         """Remove a star added by an edit that is being rolled back (no I3 check)."""
@@ -655,7 +667,7 @@ class TaskOrion:
             "critical_path_tasks": metrics["critical_path_tasks"],
             "execution_duration": self.execution_duration,
             "created_at": self._created_at.isoformat(),
-            "updated_at": self._updated_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
             "execution_start_time": (self._execution_start_time.isoformat()
                                      if self._execution_start_time else None),
             "execution_end_time": (self._execution_end_time.isoformat()
@@ -672,7 +684,7 @@ class TaskOrion:
             "dependencies": {lid: d.to_dict() for lid, d in self._dependencies.items()},
             "metadata": json_safe(self._metadata),
             "created_at": self._created_at.isoformat(),
-            "updated_at": self._updated_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
             "execution_start_time": (self._execution_start_time.isoformat()
                                      if self._execution_start_time else None),
             "execution_end_time": (self._execution_end_time.isoformat()
@@ -701,9 +713,11 @@ class TaskOrion:
                 line._last_evaluation_time = datetime.fromisoformat(ddata["last_evaluation_time"])
         if data.get("state") == OrionState.CANCELLED.value:
             orion._cancel_requested = True
-        for key in ("created_at", "updated_at", "execution_start_time", "execution_end_time"):
+        for key in ("created_at", "execution_start_time", "execution_end_time"):
             if data.get(key):
                 setattr(orion, f"_{key}", datetime.fromisoformat(data[key]))
+        if data.get("updated_at"):
+            orion._updated_ts = to_timestamp(data["updated_at"])  # type: ignore[assignment]
         if orion._execution_start_time and not orion._execution_end_time:
             # A saved run in progress: blocked stars keep showing WAITING_DEPENDENCY.
             orion._scheduling = True

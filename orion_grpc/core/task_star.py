@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +19,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def now_ts() -> float:
+    """Epoch seconds at microsecond precision (what datetimes and ISO strings can carry)."""
+    return round(time.time(), 6)
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    """Timestamps are kept as epoch floats (cheap on the hot path) and shown as datetimes."""
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+
+
+def to_timestamp(value: str | datetime | float | None) -> float | None:
+    if value is None or isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
 class TaskFailure(Exception):
     """Why an attempt failed; ``reason`` is machine-readable (timeout, device_disconnection, …)."""
 
@@ -30,8 +51,8 @@ class _StatusListener(Protocol):
     def _on_task_status(self, task: TaskStar, old: TaskStatus, new: TaskStatus) -> None: ...
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+def _iso(ts: float | None) -> str | None:
+    return to_datetime(ts).isoformat() if ts is not None else None  # type: ignore[union-attr]
 
 
 def json_safe(value: Any) -> Any:
@@ -88,9 +109,9 @@ class TaskStar:
         self._status = TaskStatus.PENDING
         self._result: Any = None
         self._error: BaseException | None = None
-        self._execution_start_time: datetime | None = None
-        self._execution_end_time: datetime | None = None
-        self._created_at = utcnow()
+        self._execution_start_time: float | None = None
+        self._execution_end_time: float | None = None
+        self._created_at = now_ts()
         self._updated_at = self._created_at
         # Set by the owning TaskOrion so it can keep its status counts without scanning.
         self._listener: _StatusListener | None = None
@@ -109,7 +130,7 @@ class TaskStar:
                 f"Cannot modify {what} of running task {self._task_id}", "TASK_RUNNING")
 
     def _touch(self) -> None:
-        self._updated_at = utcnow()
+        self._updated_at = now_ts()
 
     @property
     def name(self) -> str:
@@ -242,24 +263,24 @@ class TaskStar:
 
     @property
     def created_at(self) -> datetime:
-        return self._created_at
+        return to_datetime(self._created_at)  # type: ignore[return-value]
 
     @property
     def updated_at(self) -> datetime:
-        return self._updated_at
+        return to_datetime(self._updated_at)  # type: ignore[return-value]
 
     @property
     def execution_start_time(self) -> datetime | None:
-        return self._execution_start_time
+        return to_datetime(self._execution_start_time)
 
     @property
     def execution_end_time(self) -> datetime | None:
-        return self._execution_end_time
+        return to_datetime(self._execution_end_time)
 
     @property
     def execution_duration(self) -> float | None:
-        if self._execution_start_time and self._execution_end_time:
-            return (self._execution_end_time - self._execution_start_time).total_seconds()
+        if self._execution_start_time is not None and self._execution_end_time is not None:
+            return round(self._execution_end_time - self._execution_start_time, 6)
         return None
 
     @property
@@ -278,7 +299,7 @@ class TaskStar:
             raise FailedPreconditionError(
                 f"Cannot start task {self._task_id} in status {self._status.value}",
                 "INVALID_TASK_TRANSITION")
-        self._execution_start_time = utcnow()
+        self._execution_start_time = now_ts()
         self._execution_end_time = None
         self._updated_at = self._execution_start_time
         self._set_status(TaskStatus.RUNNING)
@@ -291,7 +312,7 @@ class TaskStar:
                 "INVALID_TASK_TRANSITION")
         self._result = result
         self._error = None
-        self._execution_end_time = self._updated_at = utcnow()
+        self._execution_end_time = self._updated_at = now_ts()
         self._set_status(TaskStatus.COMPLETED)
 
     def complete_with_failure(self, error: BaseException | str | None) -> None:
@@ -301,14 +322,14 @@ class TaskStar:
                 f"Cannot fail task {self._task_id} in status {self._status.value}",
                 "INVALID_TASK_TRANSITION")
         self._error = error if isinstance(error, BaseException) else TaskFailure(str(error))
-        self._execution_end_time = self._updated_at = utcnow()
+        self._execution_end_time = self._updated_at = now_ts()
         self._set_status(TaskStatus.FAILED)
 
     def cancel(self, reason: str | None = None) -> None:
         """Any non-terminal status → CANCELLED (no-op when already terminal)."""
         if self.is_terminal:
             return
-        now = utcnow()
+        now = now_ts()
         if self._status == TaskStatus.RUNNING:
             self._execution_end_time = now
         if reason:
@@ -436,7 +457,7 @@ class TaskStar:
                             int(data.get("current_retry", 0)))
         for key in ("created_at", "updated_at", "execution_start_time", "execution_end_time"):
             if data.get(key):
-                setattr(task, f"_{key}", datetime.fromisoformat(data[key]))
+                setattr(task, f"_{key}", to_timestamp(data[key]))
         return task
 
     def to_json(self, save_path: str | None = None) -> str:
