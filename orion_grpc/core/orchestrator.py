@@ -325,6 +325,8 @@ class _Run:
                 # (e.g. _pump moving stars to a device it has already passed) must not be lost.
                 self.wake.clear()
                 await self._synchronize()
+                if self.cancelled:
+                    break  # cancelled while waiting for the planner: dispatch nothing more
                 self._intake()
                 self._pump()
                 if not self.leases and not self.backoff:
@@ -527,6 +529,9 @@ class _Run:
             self.cancelled = True
             self.cancel_reason = reason
             self.wake.set()
+            sync = self.orch._synchronizer
+            if sync is not None and sync.tracks(self.orion.orion_id):
+                sync.clear_pending_modifications()  # the loop may be waiting for the planner
 
     def _cancel_everything(self) -> None:
         for lease in list(self.leases.values()):
