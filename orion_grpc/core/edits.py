@@ -89,14 +89,31 @@ def _set_fields(obj: Any, fields: dict[str, Any], allowed: tuple[str, ...], kind
         raise InvalidArgumentError(
             f"Unknown {kind} field(s) {unknown}; editable fields: {', '.join(allowed)}",
             "UNKNOWN_FIELD", [Violation(name, "not editable", "UNKNOWN_FIELD") for name in unknown])
-    old = {}
-    for name, value in fields.items():
-        old[name] = getattr(obj, name)
-        if name == "task_data":
-            obj._task_data = dict(value or {})
-        else:
-            setattr(obj, name, value)
+    old: dict[str, Any] = {}
+    try:
+        for name, value in fields.items():
+            old[name] = getattr(obj, name)
+            if name == "task_data":
+                obj._task_data = dict(value or {})
+            elif name == "metadata":  # read-only property on TaskStarLine
+                obj._metadata = dict(value or {})
+            else:
+                setattr(obj, name, value)
+    except Exception:
+        _set_fields(obj, old, allowed, kind)  # a bad value: put back the fields already set
+        raise
     return old
+
+
+_DECISION = ("_resolution", "_is_satisfied", "_last_evaluation_result", "_last_evaluation_time",
+             "_last_evaluation_note")
+
+
+def _restore_line(orion: TaskOrion, line: TaskStarLine, saved: tuple[Any, ...]) -> None:
+    """Put an unlinked edge back exactly as it was decided before the edit."""
+    orion._relink(line, saved[0])
+    for name, value in zip(_DECISION, saved, strict=True):
+        setattr(line, name, value)
 
 
 def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
@@ -107,13 +124,18 @@ def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
     if isinstance(op, RemoveTask):
         task = orion.require_task(op.task_id)
         orion.check_modifiable(task, "remove")
-        lines = orion.get_task_dependencies(op.task_id) + orion.get_task_dependents(op.task_id)
+        lines = [(line, line._resolution) for line in
+                 orion.get_task_dependencies(op.task_id) + orion.get_task_dependents(op.task_id)]
+        position = list(orion._tasks).index(op.task_id)
         orion.remove_task(op.task_id)
 
         def undo_remove() -> None:
             orion._attach(task)
-            for line in lines:
-                orion._relink(line)
+            # _attach appends: move the star back to its place in the insertion order.
+            for tid in list(orion._tasks)[position:-1]:
+                orion._tasks[tid] = orion._tasks.pop(tid)
+            for line, resolution in lines:
+                orion._relink(line, resolution)
         return undo_remove
     if isinstance(op, UpdateTask):
         task = orion.require_task(op.task_id)
@@ -125,21 +147,25 @@ def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
         return lambda: orion._unlink(op.dependency)
     if isinstance(op, RemoveDependency):
         line = orion.require_dependency(op.line_id)
+        resolution = line._resolution
         orion.remove_dependency(op.line_id)
-        return lambda: orion._relink(line)
+        return lambda: orion._relink(line, resolution)
     if isinstance(op, UpdateDependency):
         line = orion.require_dependency(op.line_id)
         orion.check_modifiable(orion.require_task(line.to_task_id), "modify a dependency of")
+        saved = tuple(getattr(line, name) for name in _DECISION)
         orion._unlink(line)
         try:
             old = _set_fields(line, op.fields, LINE_FIELDS, "dependency")
-        finally:
-            orion._relink(line)
+        except Exception:
+            _restore_line(orion, line, saved)
+            raise
+        orion._relink(line)  # decided afresh under the new type / condition
 
         def undo_update() -> None:
             orion._unlink(line)
             _set_fields(line, old, LINE_FIELDS, "dependency")
-            orion._relink(line)
+            _restore_line(orion, line, saved)
         return undo_update
     raise InvalidArgumentError(f"Unknown edit operation {type(op).__name__}", "UNKNOWN_EDIT")
 

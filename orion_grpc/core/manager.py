@@ -162,6 +162,8 @@ class OrionManager:
                 errors.append(f"Task '{task.task_id}' has no device assignment")
             elif dm is not None and dm.get_device_info(dev) is None:
                 errors.append(f"Task '{task.task_id}' is assigned to unknown device '{dev}'")
+            elif dm is not None and not dm.is_online(dev):
+                errors.append(f"Task '{task.task_id}' is assigned to disconnected device '{dev}'")
         if errors:
             self._log(logging.WARNING, "Orion '%s' has %d assignment errors", orion.name,
                       len(errors))
