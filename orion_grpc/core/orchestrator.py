@@ -184,9 +184,14 @@ class TaskOrionOrchestrator:
         return await self.run_prepared(orion, assignment_strategy, metadata)
 
     async def run_prepared(self, orion: TaskOrion, assignment_strategy: str | None = None,
-                           metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run an orion that ``prepare_orion`` accepted."""
-        run = _Run(self, orion, assignment_strategy, metadata or {})
+                           metadata: dict[str, Any] | None = None, *,
+                           synchronize: bool = True) -> dict[str, Any]:
+        """Run an orion that ``prepare_orion`` accepted.
+
+        ``synchronize=False`` keeps an attached modification synchronizer out of this run (a
+        server hosts orions with and without a planner; only the former wait for one).
+        """
+        run = _Run(self, orion, assignment_strategy, metadata or {}, synchronize)
         self._runs[orion.orion_id] = run
         try:
             return await run.execute()
@@ -197,7 +202,7 @@ class TaskOrionOrchestrator:
         finally:
             self._runs.pop(orion.orion_id, None)
 
-    async def cancel_orion(self, orion_id: str) -> bool:
+    async def cancel_orion(self, orion_id: str, reason: str | None = None) -> bool:
         """Cancel a running orion: pending stars cancelled, running ones told to stop.
 
         Returns False if no orion with that id is running. The orchestrator stays usable.
@@ -205,7 +210,7 @@ class TaskOrionOrchestrator:
         run = self._runs.get(orion_id)
         if run is None:
             return False
-        run.cancel("Orion cancelled by request")
+        run.cancel(reason or "Orion cancelled by request")
         await run.finished.wait()
         return True
 
@@ -287,8 +292,9 @@ class _Run:
     """The scheduling state of one orion being orchestrated."""
 
     def __init__(self, orch: TaskOrionOrchestrator, orion: TaskOrion, strategy: str | None,
-                 metadata: dict[str, Any]) -> None:
+                 metadata: dict[str, Any], synchronize: bool = True) -> None:
         self.orch = orch
+        self.synchronize = synchronize
         self.orion = orion
         self.dm = orch._require_device_manager()
         self.strategy = strategy
@@ -310,10 +316,14 @@ class _Run:
         orch, orion, dm = self.orch, self.orion, self.dm
         orch._manager.register_orion(orion, self.metadata)
         if orch._synchronizer is not None:
-            orch._synchronizer.attach(orion.orion_id)
+            if self.synchronize:
+                orch._synchronizer.attach(orion.orion_id)
+            else:
+                orch._synchronizer.exclude(orion.orion_id)
         orion.start_execution()
         orch._publish_orion(EventType.ORION_STARTED, orion, {
             "total_tasks": orion.task_count, "assignment_strategy": self.strategy,
+            "synchronized": self.synchronize,
             "device_assignments": {t.task_id: t.target_device_id for t in orion.get_all_tasks()},
             **self.metadata})
         wake = self.wake.set
@@ -355,7 +365,7 @@ class _Run:
     async def _synchronize(self) -> None:
         """Before dispatching, let the planner acknowledge finished stars (bounded wait)."""
         sync = self.orch._synchronizer
-        if sync is None or not sync.tracks(self.orion.orion_id):
+        if sync is None or not self.synchronize or not sync.tracks(self.orion.orion_id):
             return
         bus = self.orch._event_bus
         if bus.is_subscribed(sync):

@@ -63,7 +63,9 @@ class OrionModificationSynchronizer(IEventObserver):
         self._modification_timeout = 600.0
         self._stats = {"total_modifications": 0, "completed_modifications": 0,
                        "timeout_modifications": 0}
-        self._changed: asyncio.Event | None = None
+        # Everyone waiting for the pending set to change (the scheduler, API callers).
+        self._waiters: set[asyncio.Event] = set()
+        self._excluded: set[str] = set()  # orions run with synchronize=False
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -84,8 +86,19 @@ class OrionModificationSynchronizer(IEventObserver):
             self._current_orion = None
             self._acknowledged.clear()
 
+    def exclude(self, orion_id: str) -> None:
+        """Never synchronize this orion (it runs without a planner)."""
+        self._excluded.add(orion_id)
+        if len(self._excluded) > 10_000:  # bounded: forget the oldest ids
+            for old in list(self._excluded)[:5_000]:
+                self._excluded.discard(old)
+
     def tracks(self, orion_id: str) -> bool:
         return self._current_orion_id == orion_id
+
+    @property
+    def current_orion_id(self) -> str | None:
+        return self._current_orion_id
 
     # ------------------------------------------------------------------ events
     async def on_event(self, event: Event) -> None:
@@ -100,6 +113,8 @@ class OrionModificationSynchronizer(IEventObserver):
         orion_id = event.data.get("orion_id")
         if orion_id is None:
             self.logger.debug("Task event %s missing orion_id, skipping", event.task_id)
+            return
+        if orion_id in self._excluded:
             return
         if self._current_orion_id is None:
             self._current_orion_id = orion_id
@@ -118,7 +133,8 @@ class OrionModificationSynchronizer(IEventObserver):
 
     def _on_orion_event(self, event: OrionEvent) -> None:
         if event.event_type is EventType.ORION_STARTED:
-            self.attach(event.orion_id)
+            if event.data.get("synchronized", True):
+                self.attach(event.orion_id)
             return
         if event.event_type is not EventType.ORION_MODIFIED:
             return
@@ -148,18 +164,17 @@ class OrionModificationSynchronizer(IEventObserver):
         return done
 
     def _signal(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
+        for changed in self._waiters:
+            changed.set()
 
-    # ------------------------------------------------------------------ waiting
-    async def wait_for_pending_modifications(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is pending; True if all were acknowledged, False on timeout."""
-        if not self._pending:
-            return True
-        timeout = timeout or self._modification_timeout
+    async def wait_until_settled(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until nothing is pending, without giving up on anything:
+        unlike ``wait_for_pending_modifications`` a timeout here drops and counts nothing.
+        Any number of callers may wait at once. True if nothing is pending."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        self._changed = changed = asyncio.Event()
+        changed = asyncio.Event()
+        self._waiters.add(changed)
         try:
             while self._pending:
                 remaining = deadline - loop.time()
@@ -171,7 +186,31 @@ class OrionModificationSynchronizer(IEventObserver):
                 except TimeoutError:
                     break
         finally:
-            self._changed = None
+            self._waiters.discard(changed)
+        return not self._pending
+
+    # ------------------------------------------------------------------ waiting
+    async def wait_for_pending_modifications(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is pending; True if all were acknowledged, False on timeout."""
+        if not self._pending:
+            return True
+        timeout = timeout or self._modification_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        changed = asyncio.Event()
+        self._waiters.add(changed)
+        try:
+            while self._pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    break
+        finally:
+            self._waiters.discard(changed)
         if not self._pending:
             return True
         timed_out = list(self._pending)
@@ -250,13 +289,21 @@ class OrionModificationSynchronizer(IEventObserver):
         if planner is None or planner is orchestrator_orion:
             return orchestrator_orion
         self._current_orion = None
+        try:
+            return self.merge_orion(orchestrator_orion, planner)
+        except ValueError as exc:
+            self.logger.error("Planner's orion could not be merged: %s", exc)
+            return orchestrator_orion
+
+    def merge_orion(self, orchestrator_orion: TaskOrion, planner: TaskOrion) -> TaskOrion:
+        """Merge ``planner`` (e.g. a copy received over the wire) into the live orion now.
+
+        Like ``merge_and_sync_orion_states`` but explicit, and a structural change that breaks
+        an invariant raises ``EditRejectedError`` (nothing changed) instead of being logged.
+        """
         edits, advances = diff_orions(orchestrator_orion, planner)
         if edits:
-            try:
-                apply_edits(orchestrator_orion, edits)
-            except ValueError as exc:
-                self.logger.error("Planner's orion could not be merged: %s", exc)
-                return orchestrator_orion
+            apply_edits(orchestrator_orion, edits)
         for task_id, planner_task in advances:
             live = orchestrator_orion.get_task(task_id)
             if live is None or live.status not in MODIFIABLE_STATUSES:
