@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .errors import EditRejectedError, InvalidArgumentError, OrionError, Violation
+from .spec import check_task_fields
 from .task_orion import TaskOrion
 from .task_star import TaskStar
 from .task_star_line import TaskStarLine
@@ -116,9 +117,19 @@ def _restore_line(orion: TaskOrion, line: TaskStarLine, saved: tuple[Any, ...]) 
         setattr(line, name, value)
 
 
+def _check_values(fields: dict[str, Any], where: str) -> None:
+    """Same value rules as a submitted orion (timeout > 0, retry_count >= 0, known enums …)."""
+    problems: list[Violation] = []
+    check_task_fields(fields, where, problems)
+    if problems:
+        raise InvalidArgumentError("; ".join(f"{v.field}: {v.description}" for v in problems),
+                                   "INVALID_FIELD", problems)
+
+
 def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
     """Apply ``op``; return its inverse."""
     if isinstance(op, AddTask):
+        _check_values(op.task.to_dict(), f"tasks[{op.task.task_id}]")
         orion.add_task(op.task)
         return lambda: orion._detach(op.task.task_id)
     if isinstance(op, RemoveTask):
@@ -140,6 +151,7 @@ def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
     if isinstance(op, UpdateTask):
         task = orion.require_task(op.task_id)
         orion.check_modifiable(task, "modify")
+        _check_values(op.fields, f"tasks[{op.task_id}]")
         old = _set_fields(task, op.fields, TASK_FIELDS, "task")
         return lambda: _set_fields(task, old, TASK_FIELDS, "task") and None
     if isinstance(op, AddDependency):

@@ -238,8 +238,11 @@ def plan_assignments(tasks: list[TaskStar], devices: list[DeviceInfo], strategy:
     problems: list[Violation] = []
     score: Callable[[DeviceInfo], float]
     if strategy == "load_balance":
+        # base_load already counts running stars (they are unfinished and assigned) and
+        # attempts outside registered orions; normalising by capacity is what sets this
+        # strategy apart from capability_match.
         def score(d: DeviceInfo) -> float:
-            return (load[d.device_id] + len(d.running)) / d.capacity
+            return load[d.device_id] / d.capacity
     else:
         def score(d: DeviceInfo) -> float:
             return load[d.device_id]

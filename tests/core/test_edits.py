@@ -411,3 +411,17 @@ def test_unknown_operation_type() -> None:
         apply_edits(orion, [object()])  # type: ignore[list-item]
     assert info.value.reason == "UNKNOWN_EDIT"
     assert info.value.rule == "INVALID"
+
+
+def test_update_task_with_invalid_values_is_rejected_and_rolled_back() -> None:
+    from orion_grpc import EditRejectedError, TaskOrion, TaskStar, UpdateTask, apply_edits
+
+    orion = TaskOrion("vals")
+    orion.add_task(TaskStar("a", description="a", timeout=5.0))
+    with pytest.raises(EditRejectedError) as info:
+        apply_edits(orion, [UpdateTask("a", {"name": "renamed"}),
+                            UpdateTask("a", {"timeout": -5, "retry_count": "x"})])
+    assert info.value.edit_index == 1
+    assert {v.field for v in info.value.cause.violations} == {"tasks[a].timeout",
+                                                            "tasks[a].retry_count"}
+    assert orion.get_task("a").name == "task_a" and orion.get_task("a").timeout == 5.0
