@@ -195,22 +195,7 @@ class OrionModificationSynchronizer(IEventObserver):
         if not self._pending:
             return True
         timeout = timeout or self._modification_timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        changed = asyncio.Event()
-        self._waiters.add(changed)
-        try:
-            while self._pending:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    break
-        finally:
-            self._waiters.discard(changed)
+        await self.wait_until_settled(timeout)
         if not self._pending:
             return True
         timed_out = list(self._pending)

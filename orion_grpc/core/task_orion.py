@@ -10,7 +10,6 @@ Costs (the reference rescans the whole DAG on every step; we never do):
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import deque
@@ -20,7 +19,7 @@ from typing import Any
 
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, OrionState, TaskStatus
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from .task_star import TaskStar, _load_json_object, json_safe, to_datetime, to_timestamp, utcnow
+from .task_star import JsonSerializable, TaskStar, json_safe, to_datetime, to_timestamp, utcnow
 from .task_star_line import TaskStarLine
 
 # Resolution of an edge, stored on the line object (attribute access beats dict lookups).
@@ -31,7 +30,7 @@ def default_orion_id() -> str:
     return f"orion_{datetime.now().strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
 
 
-class TaskOrion:
+class TaskOrion(JsonSerializable):
     """A DAG of TaskStars joined by TaskStarLines."""
 
     def __init__(self, orion_id: str | None = None, name: str | None = None,
@@ -725,17 +724,6 @@ class TaskOrion:
                 if task._status is TaskStatus.PENDING and task._unresolved:
                     task._mark_waiting(True)
         return orion
-
-    def to_json(self, save_path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if save_path:
-            with open(save_path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return text
-
-    @classmethod
-    def from_json(cls, json_data: str | None = None, file_path: str | None = None) -> TaskOrion:
-        return cls.from_dict(_load_json_object(json_data, file_path))
 
     def __repr__(self) -> str:
         return f"TaskOrion(id={self._orion_id}, tasks={len(self._tasks)}, state={self.state.value})"

@@ -70,7 +70,29 @@ def json_safe(value: Any) -> Any:
         return str(value)
 
 
-class TaskStar:
+class JsonSerializable:
+    """``to_json`` / ``from_json`` for the model classes, on top of their to_dict/from_dict."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def to_json(self, save_path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if save_path:
+            with open(save_path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, json_data: str | None = None, file_path: str | None = None) -> Any:
+        return cls.from_dict(_load_json_object(json_data, file_path))
+
+
+class TaskStar(JsonSerializable):
     """A star: description, target device, retry/timeout policy and execution state.
 
     Parameter names and defaults follow the reference API; ``required_capabilities`` is Orion's
@@ -459,17 +481,6 @@ class TaskStar:
             if data.get(key):
                 setattr(task, f"_{key}", to_timestamp(data[key]))
         return task
-
-    def to_json(self, save_path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if save_path:
-            with open(save_path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return text
-
-    @classmethod
-    def from_json(cls, json_data: str | None = None, file_path: str | None = None) -> TaskStar:
-        return cls.from_dict(_load_json_object(json_data, file_path))
 
     def __repr__(self) -> str:
         return f"TaskStar(id={self._task_id}, name={self._name}, status={self._status.value})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -10,12 +9,12 @@ from typing import Any
 
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .enums import DependencyType, TaskStatus, parse_enum
-from .task_star import _load_json_object, json_safe, utcnow
+from .task_star import JsonSerializable, json_safe, utcnow
 
 ConditionEvaluator = Callable[[Any], bool]
 
 
-class TaskStarLine:
+class TaskStarLine(JsonSerializable):
     """Edge ``from_task_id`` (prerequisite) → ``to_task_id`` (dependent).
 
     Semantics (docs/concepts.md):
@@ -234,17 +233,6 @@ class TaskStarLine:
             if data.get(key):
                 setattr(line, f"_{key}", datetime.fromisoformat(data[key]))
         return line
-
-    def to_json(self, save_path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if save_path:
-            with open(save_path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return text
-
-    @classmethod
-    def from_json(cls, json_data: str | None = None, file_path: str | None = None) -> TaskStarLine:
-        return cls.from_dict(_load_json_object(json_data, file_path))
 
     @classmethod
     def create_unconditional(cls, from_task_id: str, to_task_id: str,
