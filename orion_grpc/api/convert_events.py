@@ -1,0 +1,154 @@
+"""Domain events (core.events) -> ``orion.v1.Event``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..core import AgentEvent, DeviceEvent, Event, EventType, OrionEvent, OrionState, TaskEvent
+from ..core import TaskOrion as _TaskOrion
+from ..gen.orion.v1 import event_pb2, orion_pb2
+from .convert import (
+    ORION_STATE_TO_PB,
+    _by_value,
+    device_dict_to_pb,
+    device_status_to_pb,
+    dict_to_struct,
+    orion_state_to_pb,
+    orion_to_pb,
+    plain,
+    result_from_orion,
+    result_to_pb,
+    set_timestamp,
+    summary_to_pb,
+    task_status_to_pb,
+    task_to_pb,
+    value_to_pb,
+)
+
+# By name, so event types added to the engine map as soon as the contract has them.
+EVENT_TYPE_TO_PB: dict[EventType, int] = {}
+for _member in EventType:
+    _name = f"EVENT_TYPE_{_member.name}"
+    if _name in event_pb2.EventType.keys():
+        EVENT_TYPE_TO_PB[_member] = event_pb2.EventType.Value(_name)
+for _name in ("AGENT_RESPONSE", "AGENT_ACTION"):
+    if _name in EventType.__members__:
+        EVENT_TYPE_TO_PB[EventType[_name]] = event_pb2.EVENT_TYPE_AGENT_OUTPUT
+
+TERMINAL_ORION_EVENTS = frozenset(
+    EVENT_TYPE_TO_PB[t] for t in (EventType.ORION_COMPLETED, EventType.ORION_FAILED,
+                                  EventType.ORION_CANCELLED))
+
+# Keys of Event.data that hold live engine objects, not data.
+_OBJECT_KEYS = frozenset({"orion", "new_orion"})
+
+
+def _data_struct(data: Mapping[str, Any], out: Any) -> None:
+    dict_to_struct({k: v for k, v in data.items() if k not in _OBJECT_KEYS}, out)
+
+
+def event_to_pb(event: Event, sequence: int, resume_token: str,
+                previous_device_status: str | None = None
+                ) -> tuple[event_pb2.Event, orion_pb2.TaskOrion | None]:
+    """The wire event (without an orion snapshot) and, for ORION_* events, the snapshot.
+
+    Snapshots are taken when the event is logged; the payload's status, result and error are
+    those the event carries (the star may have moved on by the time it is logged).
+    """
+    pb = event_pb2.Event(sequence=sequence, resume_token=resume_token,
+                         type=EVENT_TYPE_TO_PB.get(event.event_type, 0),
+                         source=event.source_id or "")
+    set_timestamp(pb.timestamp, float(event.timestamp))
+    data = event.data or {}
+    _data_struct(data, pb.data)
+    snapshot: orion_pb2.TaskOrion | None = None
+    if isinstance(event, TaskEvent):
+        _task_event(event, data, pb)
+    elif isinstance(event, OrionEvent):
+        snapshot = _orion_event(event, data, pb)
+    elif isinstance(event, DeviceEvent):
+        pb.device_id = event.device_id
+        payload = pb.device
+        payload.device_id = event.device_id
+        payload.status = device_status_to_pb(event.device_status)
+        if previous_device_status is not None:
+            payload.previous_status = device_status_to_pb(previous_device_status)
+        if event.device_info:
+            device_dict_to_pb(event.device_info, payload.snapshot)
+        payload.reason = str(data.get("reason") or "")
+    elif isinstance(event, AgentEvent):
+        payload = pb.agent_output
+        payload.agent = event.agent_name or ""
+        output = event.output_data or {}
+        text = output.get("text") if isinstance(output, dict) else None
+        payload.text = str(text if text is not None else (event.output_type or ""))
+        if isinstance(output, dict):
+            dict_to_struct(output, payload.data)
+        pb.orion_id = str(data.get("orion_id") or "")
+        pb.device_id = str(data.get("device_id") or "")
+    return pb, snapshot
+
+
+def _task_event(event: TaskEvent, data: Mapping[str, Any], pb: event_pb2.Event) -> None:
+    pb.orion_id = str(data.get("orion_id") or "")
+    pb.task_id = event.task_id
+    pb.device_id = str(data.get("device_id") or "")
+    payload = pb.task
+    payload.task_id = event.task_id
+    payload.status = task_status_to_pb(event.status)
+    if event.result is not None:
+        value_to_pb(event.result, payload.result)
+    if event.error:
+        payload.error = str(event.error)
+    payload.newly_ready_task_ids.extend(data.get("newly_ready_tasks") or [])
+    attempt = data.get("attempt")
+    payload.attempt = int(attempt) + 1 if isinstance(attempt, int) else 0
+    orion = data.get("orion")
+    task = orion.get_task(event.task_id) if isinstance(orion, _TaskOrion) else None
+    reason = data.get("reason")
+    if not reason and task is not None and task.error is not None:
+        reason = getattr(task.error, "reason", None)
+    payload.error_reason = str(reason or "")
+    progress = data.get("progress")
+    if isinstance(progress, (int, float)):
+        payload.progress = float(progress)
+    payload.progress_message = str(data.get("progress_message") or data.get("message") or "")
+    if task is not None:
+        task_to_pb(task, pb.orion_id or None, payload.snapshot)
+        payload.snapshot.status = payload.status  # as of the event
+        if event.status and _by_value(type(task.status), event.status) is not task.status:
+            payload.snapshot.ClearField("result")
+            if event.result is not None:
+                value_to_pb(event.result, payload.snapshot.result)
+            payload.snapshot.error = payload.error
+            payload.snapshot.is_terminal = event.status in ("completed", "failed", "cancelled")
+
+
+def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
+                 ) -> orion_pb2.TaskOrion | None:
+    pb.orion_id = event.orion_id
+    payload = pb.orion
+    payload.orion_id = event.orion_id
+    payload.state = orion_state_to_pb(event.orion_state)
+    on_task_ids = data.get("on_task_ids", data.get("on_task_id"))
+    if isinstance(on_task_ids, str):
+        on_task_ids = [on_task_ids]
+    payload.on_task_ids.extend(str(t) for t in (on_task_ids or []))
+    orion = data.get("orion")
+    if not isinstance(orion, _TaskOrion):
+        return None
+    summary_to_pb(orion, None, payload.summary)
+    payload.summary.state = payload.state or ORION_STATE_TO_PB.get(orion.state, 0)
+    if pb.type in TERMINAL_ORION_EVENTS:
+        result = result_from_orion(orion)
+        state = _by_value(OrionState, event.orion_state)
+        if state is not None:
+            result["status"] = state.value
+        if data.get("statistics"):
+            result["statistics"] = data["statistics"]
+        result_to_pb(result, orion.orion_id, payload.result)
+    return orion_to_pb(orion)
+
+
+__all__ = ["EVENT_TYPE_TO_PB", "event_to_pb", "plain"]

@@ -1,0 +1,190 @@
+"""The server's event log: every engine event, numbered, retained, fanned out to watchers.
+
+``EventLog`` observes the engine's EventBus. Each event gets the next sequence number
+(strictly increasing, no gaps) and is converted to ``orion.v1.Event`` once; the log keeps the
+latest ``retention`` of them in one shared ring. A watcher is a cursor into that ring (the
+sequence it has examined last), so a subscriber costs O(1) memory however far behind it is;
+one that falls behind by more than ``max_lag`` events (at most the retention) is cut off with
+RESOURCE_EXHAUSTED and a resume token rather than growing memory.
+
+Resume tokens are ``base64url("v1.<epoch>.<sequence>")``: the epoch is new for every server
+process (there is no persistent log yet), so a token from an earlier process is refused with
+FAILED_PRECONDITION (RESUME_TOKEN_EPOCH_MISMATCH) and a token older than the retained history
+with OUT_OF_RANGE (RESUME_TOKEN_EXPIRED); both messages say how to recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+
+from ..core import DeviceEvent, Event, IEventObserver, Violation
+from ..gen.orion.v1 import event_pb2, orion_pb2
+from .convert import set_timestamp
+from .convert_events import event_to_pb
+from .errors import ApiError
+
+TOKEN_VERSION = "v1"
+
+
+@dataclass(slots=True)
+class LogEntry:
+    sequence: int
+    event: event_pb2.Event  # without the orion snapshot
+    snapshot: orion_pb2.TaskOrion | None
+
+
+class Subscription:
+    """One watcher's position in the log."""
+
+    __slots__ = ("cursor", "max_lag", "overflow", "wake")
+
+    def __init__(self, cursor: int, max_lag: int) -> None:
+        self.cursor = cursor  # last sequence examined (delivered or filtered out)
+        self.max_lag = max_lag
+        self.overflow = False
+        self.wake = asyncio.Event()
+
+
+class EventLog(IEventObserver):
+    def __init__(self, retention: int = 50_000, max_lag: int | None = None,
+                 epoch: str | None = None) -> None:
+        if retention < 1:
+            raise ValueError("retention must be at least 1")
+        self.retention = retention
+        self.max_lag = min(max_lag or retention, retention)
+        self.epoch = epoch or f"{int(time.time()):x}{os.urandom(3).hex()}"
+        self._entries: deque[LogEntry] = deque()
+        self._next = 1
+        self._subs: set[Subscription] = set()
+        self._device_status: dict[str, str] = {}
+        self.closed_reason: str | None = None
+
+    # ------------------------------------------------------------------ writing
+    async def on_event(self, event: Event) -> None:
+        self.append(event)
+
+    def append(self, event: Event) -> LogEntry:
+        seq = self._next
+        self._next += 1
+        previous = None
+        if isinstance(event, DeviceEvent):
+            previous = self._device_status.get(event.device_id)
+            self._device_status[event.device_id] = event.device_status
+        pb, snapshot = event_to_pb(event, seq, self.token(seq), previous)
+        entry = LogEntry(seq, pb, snapshot)
+        self._entries.append(entry)
+        if len(self._entries) > self.retention:
+            self._entries.popleft()
+        for sub in self._subs:
+            if seq - sub.cursor > sub.max_lag:
+                sub.overflow = True
+            sub.wake.set()
+        return entry
+
+    # ------------------------------------------------------------------ positions
+    @property
+    def latest_sequence(self) -> int:
+        """Sequence of the newest event (0 before the first)."""
+        return self._next - 1
+
+    @property
+    def oldest_sequence(self) -> int:
+        """Sequence of the oldest retained event (latest + 1 when the log is empty)."""
+        return self._entries[0].sequence if self._entries else self._next
+
+    def token(self, sequence: int) -> str:
+        raw = f"{TOKEN_VERSION}.{self.epoch}.{sequence}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def parse_token(self, token: str) -> int:
+        """The sequence a resume token points at; ApiError if it cannot be resumed here."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            version, epoch, seq_text = raw.split(".")
+            sequence = int(seq_text)
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "resume_token is not a token this server issued; pass an "
+                           "Event.resume_token unchanged", "INVALID_RESUME_TOKEN",
+                           [Violation("resume_token", "malformed", "INVALID_RESUME_TOKEN")]
+                           ) from exc
+        if version != TOKEN_VERSION or epoch != self.epoch:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resume_token comes from another server run (epoch {epoch}; this server's "
+                f"epoch is {self.epoch}): the events before this server started are gone. "
+                "Re-read the state you need (GetOrionStatus) and watch again without a token "
+                "(or with include_history).", "RESUME_TOKEN_EPOCH_MISMATCH",
+                metadata={"token_epoch": epoch, "server_epoch": self.epoch})
+        if sequence < self.oldest_sequence - 1:
+            raise ApiError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"resume_token points at event {sequence}, but the oldest event still "
+                f"retained is {self.oldest_sequence}: events in between are gone. Re-read the "
+                "state you need and watch again without a token (or with include_history).",
+                "RESUME_TOKEN_EXPIRED",
+                metadata={"token_sequence": str(sequence),
+                          "oldest_retained_sequence": str(self.oldest_sequence)})
+        if sequence > self.latest_sequence:
+            raise ApiError(grpc.StatusCode.OUT_OF_RANGE,
+                           f"resume_token points at event {sequence}, which this server has "
+                           f"not published (latest is {self.latest_sequence})",
+                           "RESUME_TOKEN_AHEAD",
+                           metadata={"token_sequence": str(sequence),
+                                     "latest_sequence": str(self.latest_sequence)})
+        return sequence
+
+    # ------------------------------------------------------------------ reading
+    def subscribe(self, after: int, max_lag: int | None = None) -> Subscription:
+        sub = Subscription(after, min(max_lag or self.max_lag, self.retention))
+        if self.latest_sequence - after > sub.max_lag:
+            sub.overflow = True
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def lost(self, sub: Subscription) -> bool:
+        """True if events after the subscriber's cursor have already been evicted."""
+        return sub.cursor < self.oldest_sequence - 1
+
+    def read(self, sub: Subscription, limit: int = 512) -> list[LogEntry]:
+        """Entries after the subscriber's cursor, oldest first (contiguous sequences).
+
+        A list, not a lazy view: the ring may shift while the caller awaits between entries.
+        """
+        entries = self._entries
+        if not entries:
+            return []
+        start = sub.cursor + 1 - entries[0].sequence
+        if start < 0 or start >= len(entries):
+            return []
+        stop = min(len(entries), start + limit)
+        return [entries[i] for i in range(start, stop)]  # deque indexing is cheap near the ends
+
+    def bookmark(self, cursor: int) -> event_pb2.Event:
+        event = event_pb2.Event(sequence=cursor, resume_token=self.token(cursor),
+                                type=event_pb2.EVENT_TYPE_BOOKMARK, source="event_log")
+        set_timestamp(event.timestamp, time.time())
+        event.bookmark.oldest_retained_sequence = self.oldest_sequence
+        return event
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, reason: str = "server shutting down") -> None:
+        """End every watch: each stream finishes with UNAVAILABLE and its resume token."""
+        self.closed_reason = reason
+        for sub in self._subs:
+            sub.wake.set()

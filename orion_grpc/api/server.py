@@ -1,0 +1,364 @@
+"""The server bootstrap: configuration, the grpc.aio server and graceful shutdown.
+
+``ServerConfig`` is built in ONE place (``ServerConfig.from_sources``) from command-line flags,
+then ``ORION_*`` environment variables, then defaults. ``OrionServer`` hosts the Orchestrator,
+Manager, Synchronizer and Event services over one ``OrionEngine``, plus the DeviceService when
+``orion_grpc.api.device_service`` is installed, gRPC health (overall ``""`` and per service)
+and server reflection v1 + v1alpha.
+
+Shutdown (SIGINT/SIGTERM under ``serve``; ``OrionServer.stop`` otherwise): health goes
+NOT_SERVING, devices are told goodbye, watch streams end with UNAVAILABLE and a resume
+token, the engine cancels what still runs, then the server stops with ``grace`` seconds for
+in-flight calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from ..core import EngineConfig, FakeDevice, OrionEngine
+from ..gen.orion.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    manager_service_pb2,
+    manager_service_pb2_grpc,
+    orchestrator_service_pb2,
+    orchestrator_service_pb2_grpc,
+    synchronizer_service_pb2,
+    synchronizer_service_pb2_grpc,
+)
+from .event_log import EventLog
+from .event_service import EventServicer
+from .manager_service import ManagerServicer
+from .orchestrator_service import OrchestratorServicer
+from .reflection import enable_reflection
+from .state import ApiState
+from .support import IdempotencyCache
+from .synchronizer_service import SynchronizerServicer
+
+try:  # DeviceService is a separate piece (device link); the server works without it
+    from . import device_service as _device_service
+    from .device_service import add_device_service
+except ImportError:  # pragma: no cover - depends on what is installed
+    _device_service = None  # type: ignore[assignment]
+    add_device_service = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+SERVICE_NAMES = [
+    orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
+    manager_service_pb2.DESCRIPTOR.services_by_name["ManagerService"].full_name,
+    synchronizer_service_pb2.DESCRIPTOR.services_by_name["SynchronizerService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+]
+DEVICE_SERVICE_NAME = "orion.v1.DeviceService"
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _opt(help: str, **kw: Any) -> Any:
+    return field(metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything that configures a server. Flag ``--foo-bar`` = env ``ORION_FOO_BAR``."""
+
+    host: str = _opt("address to listen on", default="127.0.0.1")
+    port: int = _opt("port to listen on (0 = pick a free port)", default=50051)
+    max_receive_message_bytes: int = _opt("largest request message accepted",
+                                          default=16 * MiB)
+    max_send_message_bytes: int = _opt("largest response message sent", default=16 * MiB)
+    keepalive_time: float = _opt("seconds between server keepalive pings on idle connections",
+                                 default=60.0)
+    keepalive_timeout: float = _opt("seconds to wait for a keepalive ping ack", default=20.0)
+    keepalive_min_ping_interval: float = _opt(
+        "shortest interval (seconds) at which clients and devices may ping", default=10.0)
+    heartbeat_interval: float = _opt("seconds between device heartbeats (sent to devices)",
+                                     default=10.0)
+    lease_ttl: float = _opt("seconds a device lease lives without a heartbeat (sent to devices)",
+                            default=30.0)
+    modification_timeout: float = _opt(
+        "seconds the scheduler waits for a planner's edit after each finished star",
+        default=600.0)
+    grace: float = _opt("seconds in-flight calls get to finish on shutdown", default=5.0)
+    bookmark_interval: float = _opt("seconds between bookmarks on idle WatchEvents streams",
+                                    default=30.0)
+    event_retention: int = _opt("events kept for WatchEvents resumption", default=50_000)
+    watch_max_lag: int = _opt("events a watcher may fall behind before it is cut off "
+                              "(0 = event_retention)", default=0)
+    max_concurrent_tasks: int = _opt("cap on running stars per orion (0 = no cap)", default=0)
+    retry_backoff_base: float = _opt("seconds before a star's first retry (doubles per retry)",
+                                     default=0.5)
+    device_grace_period: float = _opt(
+        "seconds ready stars wait for their offline device before moving", default=10.0)
+    fake_devices: int = _opt("FOR DEMOS AND TESTS ONLY: attach this many in-process simulated "
+                             "devices (linux/windows/android)", default=0)
+    fake_latency: float = _opt("seconds each simulated device takes per star", default=0.2)
+    log_level: str = _opt("logging level", default="INFO")
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return f"ORION_{name.upper()}"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field (default None, so unset flags fall back to env / defaults)."""
+        for f in dataclasses.fields(cls):
+            kind = _field_type(f)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                                type=kind, metavar=f.name.split("_")[-1].upper(),
+                                help=f"{f.metadata.get('help', '')} "
+                                     f"[env {cls.env_name(f.name)}, default {f.default}]")
+
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace | Mapping[str, Any] | None = None,
+                     env: Mapping[str, str] | None = None) -> ServerConfig:
+        """Flags win over ``ORION_*`` environment variables, which win over defaults."""
+        env = os.environ if env is None else env
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            kind = _field_type(f)
+            if given.get(f.name) is not None:
+                values[f.name] = kind(given[f.name])
+            elif cls.env_name(f.name) in env:
+                raw = env[cls.env_name(f.name)]
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{cls.env_name(f.name)}={raw!r}: expected "
+                                     f"{kind.__name__}") from exc
+        return cls(**values).validated()
+
+    def validated(self) -> ServerConfig:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        for name in ("heartbeat_interval", "lease_ttl", "modification_timeout",
+                     "bookmark_interval", "keepalive_time", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.event_retention < 1:
+            problems.append("event_retention must be at least 1")
+        if self.max_receive_message_bytes < 1024 or self.max_send_message_bytes < 1024:
+            problems.append("message size limits must be at least 1024 bytes")
+        if self.fake_devices < 0:
+            problems.append("fake_devices must not be negative")
+        if self.lease_ttl <= self.heartbeat_interval:
+            problems.append(f"lease_ttl ({self.lease_ttl:g}) must exceed heartbeat_interval "
+                            f"({self.heartbeat_interval:g}), or every device would be lost")
+        if problems:
+            raise ValueError("invalid server configuration: " + "; ".join(problems))
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else \
+            self.host
+        return f"{host}:{self.port}"
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms",
+             int(self.keepalive_min_ping_interval * 1000)),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def server_options(self) -> list[tuple[str, Any]]:
+        """grpc_options() merged with what the DeviceService needs for device keepalives."""
+        merged = dict(self.grpc_options())
+        for key, value in getattr(_device_service, "DEVICE_SERVER_OPTIONS", ()):
+            if key == "grpc.http2.min_recv_ping_interval_without_data_ms" and key in merged:
+                merged[key] = min(merged[key], value)
+            else:
+                merged[key] = value
+        return list(merged.items())
+
+    def device_link_config(self) -> Any:
+        """The DeviceService's own config (heartbeat interval and lease TTL sent to devices)."""
+        cls = getattr(_device_service, "DeviceLinkConfig", None)
+        if cls is None:
+            return self
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: getattr(self, name) for name in ("heartbeat_interval", "lease_ttl")
+                      if name in names})
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(max_concurrent_tasks=self.max_concurrent_tasks or None,
+                            retry_backoff_base=self.retry_backoff_base,
+                            device_grace_period=self.device_grace_period,
+                            modification_timeout=self.modification_timeout,
+                            heartbeat_interval=self.heartbeat_interval)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    return {"int": int, "float": float, "str": str}[str(f.type)]
+
+
+# The simulated fleet of --fake-devices: (type, capabilities), cycled.
+FAKE_FLEET = [("linux", ["python", "docker"]), ("windows", ["msbuild", "office"]),
+              ("android", ["adb", "camera"])]
+
+
+class OrionServer:
+    """One gRPC server over one engine. ``await start()`` returns the bound port."""
+
+    def __init__(self, config: ServerConfig | None = None, engine: OrionEngine | None = None
+                 ) -> None:
+        self.config = config or ServerConfig()
+        self._engine = engine
+        self._server: grpc.aio.Server | None = None
+        self._state: ApiState | None = None
+        self.health: HealthServicer | None = None
+        self.device_service: Any = None
+        self.fake_devices: list[FakeDevice] = []
+        self.port: int | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def engine(self) -> OrionEngine:
+        if self._engine is None:
+            raise RuntimeError("the server has not been started")
+        return self._engine
+
+    @property
+    def state(self) -> ApiState:
+        if self._state is None:
+            raise RuntimeError("the server has not been started")
+        return self._state
+
+    @property
+    def events(self) -> EventLog:
+        return self.state.events
+
+    @property
+    def target(self) -> str:
+        """``host:port`` a client on this machine can dial."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        config = self.config
+        if self._engine is None:
+            self._engine = OrionEngine(config.engine_config())
+        engine = self._engine
+        engine.orchestrator.set_modification_synchronizer(engine.synchronizer)
+        events = EventLog(config.event_retention, config.watch_max_lag or None)
+        engine.bus.subscribe(events)
+        self._state = state = ApiState(engine, events, IdempotencyCache())
+
+        server = grpc.aio.server(options=config.server_options())
+        orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(state), server)
+        manager_service_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(state),
+                                                                      server)
+        synchronizer_service_pb2_grpc.add_SynchronizerServiceServicer_to_server(
+            SynchronizerServicer(state), server)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(events, config.bookmark_interval), server)
+        names = list(SERVICE_NAMES)
+        if add_device_service is not None:
+            self.device_service = add_device_service(server, engine, config.device_link_config())
+            names.append(DEVICE_SERVICE_NAME)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        enable_reflection(server, [*names, HEALTH_SERVICE_NAME])
+
+        self.port = server.add_insecure_port(config.address)
+        if not self.port:
+            raise RuntimeError(f"could not listen on {config.address}")
+        self._server = server
+        await server.start()
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._attach_fake_devices()
+        logger.info("listening on %s:%s (services: %s)", config.host, self.port, ", ".join(names))
+        return self.port
+
+    async def _attach_fake_devices(self) -> None:
+        for i in range(self.config.fake_devices):
+            kind, caps = FAKE_FLEET[i % len(FAKE_FLEET)]
+            device = FakeDevice(
+                f"fake-{kind}-{i + 1}", kind, caps, capacity=2, latency=self.config.fake_latency,
+                handler=lambda lease: {"status": "ok", "device": lease.device_id,
+                                       "task": lease.task_id})
+            self.fake_devices.append(await device.connect(self.engine.devices))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown (idempotent; concurrent callers wait for the same stop)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        grace = self.config.grace if grace is None else grace
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self._state is not None:
+            self._state.events.close("server shutting down")
+        await self._call_device_service("close")  # devices get goodbye
+        if self._engine is not None:
+            await self._engine.close()
+        if self._state is not None:
+            await self._state.runs.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        logger.info("server stopped")
+
+    async def _call_device_service(self, name: str) -> None:
+        method = getattr(self.device_service, name, None)
+        if method is None:
+            return
+        try:
+            outcome = method()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            logger.exception("device service %s failed", name)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run a server until SIGINT/SIGTERM; the first line printed is ``listening on H:P``."""
+    server = OrionServer(config)
+    port = await server.start()
+    print(f"listening on {config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+    print("server stopped", flush=True)

@@ -1,0 +1,167 @@
+"""Small pieces the servicers share: idempotency keys and opaque page tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from ..core import Violation
+from .errors import ApiError
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+# ---------------------------------------------------------------------- idempotency
+@dataclass
+class _Entry:
+    fingerprint: bytes
+    future: asyncio.Future[Any]
+    created: float
+
+
+def _fingerprint(request: Message) -> bytes:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")  # type: ignore[arg-type]
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+
+
+class IdempotencyCache:
+    """Remembers the answer to each (method, request_id) for a while.
+
+    A retry with the same id gets the first answer (or waits for it while the first call is
+    still running) instead of acting twice; the same id with a *different* request is refused
+    (INVALID_ARGUMENT, REQUEST_ID_REUSED). Only successes are remembered: after an error a retry
+    runs again. Bounded by ``max_entries`` (oldest evicted) and ``ttl`` seconds.
+    """
+
+    def __init__(self, max_entries: int = 4096, ttl: float = 3600.0) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def run(self, method: str, request: Message, produce: Callable[[], Awaitable[T]]) -> T:
+        request_id: str = getattr(request, "request_id", "")
+        if not request_id:
+            return await produce()
+        key = (method, request_id)
+        fingerprint = _fingerprint(request)
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.created > self.ttl:
+            del self._entries[key]
+            entry = None
+        if entry is not None:
+            if entry.fingerprint != fingerprint:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request_id {request_id!r} was already used for a different {method} "
+                    "request; use a new request_id for a new request", "REQUEST_ID_REUSED",
+                    [Violation("request_id", "already used for a different request",
+                               "REQUEST_ID_REUSED")], {"request_id": request_id})
+            return await asyncio.shield(entry.future)  # type: ignore[no-any-return]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._entries[key] = _Entry(fingerprint, future, now)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        try:
+            result = await produce()
+        except BaseException as exc:
+            if self._entries.get(key) is not None and self._entries[key].future is future:
+                del self._entries[key]
+            if isinstance(exc, asyncio.CancelledError):
+                exc = ApiError(grpc.StatusCode.ABORTED,
+                               f"the first request with request_id {request_id!r} was cancelled "
+                               "before it finished; retry it", "REQUEST_CANCELLED")
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        if not future.done():
+            future.set_result(result)
+        return result
+
+
+# ---------------------------------------------------------------------- pagination
+def _bad_token(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_PAGE_TOKEN",
+                    [Violation("page_token", message, "INVALID_PAGE_TOKEN")])
+
+
+def _filter_key(filter_key: str) -> str:
+    return hashlib.sha256(filter_key.encode()).hexdigest()[:12]
+
+
+def encode_page_token(kind: str, index: int, last_id: str, filter_key: str = "") -> str:
+    raw = json.dumps({"k": kind, "i": index, "a": last_id, "f": _filter_key(filter_key)},
+                     separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, kind: str, filter_key: str = "") -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        index, last_id = int(data["i"]), str(data["a"])
+        token_kind, token_filter = data["k"], data["f"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise _bad_token("page_token is not a token this server issued; pass the "
+                         "next_page_token of the previous response unchanged") from exc
+    if token_kind != kind:
+        raise _bad_token(f"page_token belongs to another list ({token_kind}), not {kind}")
+    if token_filter != _filter_key(filter_key):
+        raise _bad_token("page_token was issued for a request with different filters; "
+                         "keep the filters unchanged while paging")
+    if index < 0:
+        raise _bad_token("page_token is corrupt")
+    return index, last_id
+
+
+def page_size_of(requested: int) -> int:
+    """AIP-158: 0 = default; above the maximum = the maximum; negative = an error."""
+    if requested < 0:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative",
+                       "INVALID_PAGE_SIZE", [Violation("page_size", "must be >= 0",
+                                                       "INVALID_PAGE_SIZE")])
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def paginate(items: Sequence[T], key: Callable[[T], str], page_size: int, page_token: str,
+             kind: str, filter_key: str = "") -> tuple[list[T], str]:
+    """One page of ``items`` (a stable order) and the next token ("" on the last page).
+
+    The token remembers the last id returned and its position: if items before it were
+    removed meanwhile, the next page still starts right after that id.
+    """
+    size = page_size_of(page_size)
+    start = 0
+    if page_token:
+        index, last_id = decode_page_token(page_token, kind, filter_key)
+        start = min(index + 1, len(items))
+        if not (0 <= index < len(items) and key(items[index]) == last_id):
+            ids = [key(item) for item in items]
+            if last_id in ids:
+                start = ids.index(last_id) + 1
+    page = list(items[start:start + size])
+    end = start + len(page)
+    next_token = ""
+    if end < len(items) and page:
+        next_token = encode_page_token(kind, end - 1, key(page[-1]), filter_key)
+    return page, next_token
