@@ -3,9 +3,15 @@
     orion demo                     run the example orion on a simulated fleet, in process
     orion run FILE.json            run an orion described in JSON on a simulated fleet
     orion validate FILE.json       check an orion file and list every problem
+    orion serve                    run the gRPC server (flags or ORION_* environment)
+    orion submit FILE [--wait]     submit an orion to a server (and follow it)
+    orion status ORION_ID          an orion's status
+    orion devices                  the connected devices
+    orion watch [ORION_ID]         stream events
+    orion cancel ORION_ID          cancel a running orion
+    orion device --id ID ...       run a device daemon that executes stars for a server
 
-The gRPC server and device daemon commands (``serve``, ``device``, ``submit``, ``watch``)
-arrive with the server (see docs/roadmap in README).
+Client commands take --server H:P (default $ORION_SERVER, else 127.0.0.1:50051) and --json.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .client.commands import add_commands
 from .core import (
     EventBus,
     EventType,
@@ -31,6 +38,7 @@ from .core import (
 )
 from .core.events import Event
 from .core.spec import orion_from_spec
+from .device.cli import add_device_command
 
 EXAMPLE = "release_pipeline.json"
 
@@ -135,11 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--latency", type=float, default=0.05)
     validate = sub.add_parser("validate", help="validate an orion JSON file")
     validate.add_argument("file")
+    parser.set_defaults(handlers={**add_commands(sub),  # serve, submit, status, devices, watch, cancel
+                                  **add_device_command(sub)})  # device (orion_grpc/device/cli.py)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = args.handlers.get(args.command)
+    if handler is not None:
+        return handler(args)
     try:
         if args.command == "demo":
             return asyncio.run(_run_simulated(_load_spec(None), args.latency, not args.no_flaky))

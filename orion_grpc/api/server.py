@@ -353,10 +353,19 @@ async def serve(config: ServerConfig) -> None:
     print(f"listening on {config.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            logger.warning("%s: already shutting down (grace %gs)", sig.name, config.grace)
+        else:
+            logger.info("%s: shutting down", sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
+        await server.stop()  # handlers stay: a second signal does not cut the shutdown short
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
