@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -300,6 +301,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                 return EXIT_ERROR
             except KeyboardInterrupt:
                 return EXIT_INTERRUPTED
+            except BrokenPipeError:  # e.g. `orion watch | head`: the reader is done, so are we
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return EXIT_OK
         return invoke
 
     return {"serve": cmd_serve, "submit": run(cmd_submit), "status": run(cmd_status),
