@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from ..core import NotFoundError, TaskExecutionError, TaskOrion, TaskStatus
+from ..core import NotFoundError, TaskExecutionError, TaskOrion, TaskStatus, UnavailableError
 from ..core.spec import orion_from_spec, validate_spec
 from ..gen.orion.v1 import orchestrator_service_pb2 as pb
 from ..gen.orion.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -97,6 +97,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async def execute() -> pb.ExecuteSingleTaskResponse:
             task = task_from_pb(request.task)
             orchestrator = state.engine.orchestrator
+            target = request.target_device_id or task.target_device_id
+            info = state.engine.devices.get_device_info(target) if target else None
+            if info is not None and not info.is_online:
+                # The engine would raise a plain ValueError deep inside; say it properly.
+                raise UnavailableError(f"Device {target} is not connected (status: "
+                                       f"{info.status.value})", "DEVICE_NOT_CONNECTED",
+                                       {"device_id": target})
             response = pb.ExecuteSingleTaskResponse()
             try:
                 result = await orchestrator.execute_single_task(

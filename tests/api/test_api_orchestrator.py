@@ -12,6 +12,7 @@ import pytest
 from api_support import EventWaiter, fleet
 
 from orion_grpc.api.convert import orion_to_pb
+from orion_grpc.client import RpcError
 from orion_grpc.core import (
     EventType,
     InvalidArgumentError,
@@ -134,6 +135,26 @@ async def test_execute_single_task(server, client):
     with pytest.raises(TaskExecutionError) as failed:
         await client.execute_single_task(TaskStar("bad", description="x"), "d1")
     assert "bad fails on d1" in str(failed.value) and failed.value.reason == "task_error"
+    (gone,) = await fleet(server, "d2")
+    gone.disconnect()
+    with pytest.raises(UnavailableError) as offline:
+        await client.execute_single_task(TaskStar("solo", description="x"), "d2")
+    assert offline.value.reason == "DEVICE_NOT_CONNECTED"
+
+
+async def test_a_retried_orchestrate_waits_for_the_same_run(server, client):
+    (device,) = await fleet(server, "d1", hang_task_ids={"a"})
+    events = EventWaiter(server)
+    orion = orion_to_pb(chain("once", "a"))
+    with pytest.raises(RpcError) as expired:  # the caller gives up; the run goes on
+        await client.orchestrate_orion(orion, request_id="r-1", timeout=0.3)
+    assert expired.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    await events.wait(EventType.TASK_STARTED, "a")
+    retry = asyncio.create_task(client.orchestrate_orion(orion, request_id="r-1"))
+    server.engine.devices.complete_lease("d1", device.received[0].lease_id, True, {"v": 1})
+    result = await asyncio.wait_for(retry, 5)
+    assert result["status"] == "completed" and result["results"]["a"] == {"v": 1}
+    assert len(device.received) == 1  # ran once
 
 
 async def test_devices_are_listed_page_by_page(server, channel):
