@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 
 import grpc
@@ -253,3 +255,24 @@ async def test_sigterm_drains_health_streams_and_runs():
         assert code == 0 and "server stopped" in out
     finally:
         process.kill()
+
+
+@pytest.mark.skipif(shutil.which("buf") is None,
+                    reason="buf is not installed (scripts/test installs it)")
+def test_a_third_party_reflection_client_lists_and_calls(server):
+    """buf curl (Go, asks for reflection v1 first) needs no proto files."""
+    base = ["buf", "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    url = f"http://{server.target}"
+    listed = subprocess.run([*base, "--list-methods", url], capture_output=True, text=True,
+                            timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert "orion.v1.OrchestratorService/OrchestrateOrion" in listed.stdout.split()
+    called = subprocess.run(
+        [*base, "-d", '{"orion": {"tasks": [{"taskId": "a", "deviceType": 99}]}}',
+         f"{url}/orion.v1.OrchestratorService/SubmitOrion"],
+        capture_output=True, text=True, timeout=30)
+    assert called.returncode != 0
+    error = json.loads(called.stdout or called.stderr)
+    assert error["code"] == "invalid_argument"
+    assert [d["type"] for d in error["details"]] == ["google.rpc.ErrorInfo",
+                                                     "google.rpc.BadRequest"]
