@@ -7,11 +7,14 @@ grpcio-reflection serves only ``grpc.reflection.v1alpha`` and asks the descripto
 both protocol versions from one implementation and resolves service, method, message, field,
 enum and enum-value symbols. ``file_containing_extension`` is NOT_FOUND (the contract defines
 no extensions); ``all_extension_numbers_of_type`` answers an empty list for known messages.
+The orion.v1 files are served with their comments (so ``describe`` shows the API docs).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
+from importlib import resources
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +24,8 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 
 from ._reflection import reflection_v1_pb2 as v1_pb2
+
+logger = logging.getLogger(__name__)
 
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 V1ALPHA_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
@@ -70,7 +75,58 @@ class SymbolResolver:
         return message.full_name, sorted(ext.number for ext in self.pool.FindAllExtensions(message))
 
 
-def _with_dependencies(file: FileDescriptor) -> list[bytes]:
+SOURCE_INFO = "orion_v1_source_info.binpb"
+
+
+def _normalized(proto: descriptor_pb2.FileDescriptorProto) -> bytes:
+    """A file descriptor without comments and json names (what upb's CopyToProto omits)."""
+    copy = descriptor_pb2.FileDescriptorProto()
+    copy.CopyFrom(proto)
+    copy.ClearField("source_code_info")
+
+    def strip(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
+        for message in messages:
+            for f in (*message.field, *message.extension):
+                f.ClearField("json_name")
+            strip(message.nested_type)
+
+    strip(copy.message_type)
+    for f in copy.extension:
+        f.ClearField("json_name")
+    return copy.SerializeToString(deterministic=True)
+
+
+class _Annotated:
+    """The orion.v1 files compiled with their comments (scripts/gen_reflection_v1.py), served
+    instead of the comment-less descriptors of the generated code when they match them."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        self._verified: dict[str, bytes | None] = {}
+        try:
+            data = resources.files("orion_grpc.api._reflection").joinpath(SOURCE_INFO).read_bytes()
+        except (FileNotFoundError, ModuleNotFoundError):
+            return
+        for proto in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+            self._files[proto.name] = proto
+
+    def serialized(self, file: FileDescriptor) -> bytes:
+        live = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(live)
+        annotated = self._files.get(file.name)
+        if annotated is None:
+            return live.SerializeToString()
+        if file.name not in self._verified:
+            same = _normalized(annotated) == _normalized(live)
+            if not same:
+                logger.warning("%s differs from the served contract (regenerate with "
+                               "scripts/gen_reflection_v1.py); serving it without comments",
+                               file.name)
+            self._verified[file.name] = annotated.SerializeToString() if same else None
+        return self._verified[file.name] or live.SerializeToString()
+
+
+def _with_dependencies(file: FileDescriptor, annotated: _Annotated) -> list[bytes]:
     """The file and everything it imports, dependencies first, each once."""
     ordered: list[FileDescriptor] = []
     seen: set[str] = set()
@@ -85,12 +141,7 @@ def _with_dependencies(file: FileDescriptor) -> list[bytes]:
 
     visit(file)
     ordered.reverse()  # the requested file first, as grpcurl and grpcio expect
-    out = []
-    for f in ordered:
-        proto = descriptor_pb2.FileDescriptorProto()
-        f.CopyToProto(proto)
-        out.append(proto.SerializeToString())
-    return out
+    return [annotated.serialized(f) for f in ordered]
 
 
 class ReflectionServicer:
@@ -100,6 +151,7 @@ class ReflectionServicer:
                  pool: descriptor_pool.DescriptorPool | None = None) -> None:
         self.service_names = sorted(set(service_names) | {V1_SERVICE, V1ALPHA_SERVICE})
         self.resolver = SymbolResolver(pool)
+        self.annotated = _Annotated()
 
     def _answer(self, pb: ModuleType, request: Any) -> Any:
         response = pb.ServerReflectionResponse(valid_host=request.host)
@@ -110,12 +162,13 @@ class ReflectionServicer:
                 for name in self.service_names:
                     response.list_services_response.service.add(name=name)
             elif kind == "file_by_filename":
-                files = _with_dependencies(self.resolver.file_by_name(request.file_by_filename))
+                files = _with_dependencies(self.resolver.file_by_name(request.file_by_filename),
+                                           self.annotated)
                 response.file_descriptor_response.file_descriptor_proto.extend(files)
             elif kind == "file_containing_symbol":
                 file = self.resolver.file_containing_symbol(request.file_containing_symbol)
                 response.file_descriptor_response.file_descriptor_proto.extend(
-                    _with_dependencies(file))
+                    _with_dependencies(file, self.annotated))
             elif kind == "file_containing_extension":
                 raise KeyError(request.file_containing_extension.containing_type)
             elif kind == "all_extension_numbers_of_type":

@@ -141,3 +141,25 @@ async def test_grpcio_reflection_client_describes_a_method(server):
     input_type, services = await asyncio.wait_for(asyncio.to_thread(describe), 10)
     assert input_type == "orion.v1.OrchestrateOrionRequest"
     assert set(SERVICE_NAMES) <= set(services)
+
+
+async def test_reflection_serves_the_proto_comments(channel):
+    response = await reflect(channel, v1_pb2, v1_pb2.ServerReflectionRequest(
+        file_containing_symbol=ORCHESTRATE))
+    proto = descriptor_pb2.FileDescriptorProto.FromString(
+        response.file_descriptor_response.file_descriptor_proto[0])
+    comments = [loc.leading_comments for loc in proto.source_code_info.location]
+    assert any("Validates, registers and runs an orion" in c for c in comments)
+
+
+def test_a_stale_commented_descriptor_is_not_served(caplog):
+    from orion_grpc.api.reflection import _Annotated
+    from orion_grpc.gen.orion.v1 import task_star_pb2
+
+    annotated = _Annotated()
+    stale = annotated._files["orion/v1/task_star.proto"]
+    stale.message_type[0].field.add(name="extra", number=999, type=9, label=1)
+    served = descriptor_pb2.FileDescriptorProto.FromString(
+        annotated.serialized(task_star_pb2.DESCRIPTOR))
+    assert not served.HasField("source_code_info")
+    assert "regenerate with scripts/gen_reflection_v1.py" in caplog.text
