@@ -1,0 +1,592 @@
+"""DeviceAgent: the device daemon as a library.
+
+One agent = one device: it opens ``DeviceService.Connect``, says ``hello``, heartbeats at
+the interval the server asks for, runs assignments with pluggable executors (never more at
+once than its capacity), streams progress, returns results and keeps each one until the
+server acknowledges it, replaying unacknowledged results in the next ``hello`` after a
+reconnect. It reconnects with exponential backoff and full jitter, honours ``cancel`` and
+``goodbye``, and drains gracefully on ``stop()``. docs/protocol.md has the protocol.
+
+    agent = DeviceAgent("127.0.0.1:50051", "build-01", "linux", ["python"], capacity=2)
+    await agent.run()          # until agent.stop() (or a fatal error)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from ..gen.orion.v1 import device_service_pb2 as pb
+from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
+from ..gen.orion.v1 import task_star_pb2
+from .executors import Assignment, Executor, ExecutorError, default_executors
+
+logger = logging.getLogger(__name__)
+
+DAEMON_VERSION = "0.1.0"
+
+# Keepalive pings let a device notice a dead server (there is no server -> device heartbeat).
+# Servers accept them while heartbeats flow; see DEVICE_SERVER_OPTIONS in the server.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+# Statuses that a retry cannot fix: the server refused this daemon's hello or protocol.
+FATAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                         grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED,
+                         grpc.StatusCode.PERMISSION_DENIED})
+
+
+class DeviceAgentError(RuntimeError):
+    """The agent stopped for a reason reconnecting cannot fix (``reason`` says which)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def system_info() -> dict[str, Any]:
+    """What ``hello.system_info`` reports: platform, os version, cpu count, memory, hostname."""
+    info: dict[str, Any] = {
+        "platform": platform.system().lower() or "unknown",
+        "os_version": platform.release(),
+        "os_description": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count() or 0,
+        "hostname": socket.gethostname(),
+        "python_version": platform.python_version(),
+    }
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        info["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return info
+
+
+def default_device_type() -> str:
+    """This machine's device type name (as in ``orion.v1.DeviceType``)."""
+    system = platform.system().lower()
+    return {"darwin": "macos", "windows": "windows"}.get(system, "linux")
+
+
+def _device_type_enum(name: str) -> int:
+    key = f"DEVICE_TYPE_{name.strip().upper()}"
+    try:
+        return task_star_pb2.DeviceType.Value(key)
+    except ValueError:
+        raise ValueError(f"unknown device type {name!r}; one of: " + ", ".join(
+            n.removeprefix("DEVICE_TYPE_").lower() for n in task_star_pb2.DeviceType.keys()
+            if n != "DEVICE_TYPE_UNSPECIFIED")) from None
+
+
+def _plain_numbers(value: Any) -> Any:
+    """protobuf carries every JSON number as a double: give integral ones back as ``int``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return value
+
+
+def _to_value(result: Any) -> struct_pb2.Value:
+    """A JSON value as ``google.protobuf.Value`` (TypeError/ValueError if it is not JSON)."""
+    return json_format.ParseDict(json.loads(json.dumps(result, allow_nan=False)),
+                                 struct_pb2.Value())
+
+
+def _seconds(duration: Any) -> float:
+    return duration.ToNanoseconds() / 1e9  # type: ignore[no-any-return]
+
+
+class _Session:
+    """Client-side state of one Connect stream."""
+
+    def __init__(self) -> None:
+        self.outbound: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        self.welcome: pb.ServerWelcome | None = None
+        self.goodbye: pb.ServerGoodbye | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.forced = asyncio.Event()  # reconnect() asked to end this session
+        self.abandon = False
+
+    def send(self, msg: pb.ConnectRequest) -> None:
+        self.outbound.put_nowait(msg)
+
+    def close_requests(self) -> None:
+        self.outbound.put_nowait(None)
+
+    async def requests(self) -> Any:
+        while (msg := await self.outbound.get()) is not None:
+            yield msg
+
+
+class DeviceAgent:
+    """A device daemon: connects, registers, executes assignments, reconnects.
+
+    :param target: the server, ``host:port``.
+    :param device_id: unique id of this device (a new session for the same id supersedes the
+        old one: an agent told ``goodbye: superseded`` stops with ``DeviceAgentError``).
+    :param device_type: ``linux``, ``windows``, ``macos``, ``android``, ``ios``, ``web``, ``api``.
+    :param capabilities: matched against stars' ``required_capabilities``.
+    :param capacity: the most assignments run at once (the server never sends more).
+    :param executors: name -> executor; default ``echo`` and ``sleep``. A star picks one with
+        ``task_data.executor``; otherwise ``default_executor`` runs it.
+    :param send_progress: stream executors' progress reports to the server.
+    :param backoff_initial / backoff_max: reconnect delay bounds (seconds); the delay after
+        the n-th consecutive failure is uniform in [0, min(max, initial * 2**(n-1))].
+    """
+
+    def __init__(self, target: str, device_id: str, device_type: str | None = None,
+                 capabilities: Iterable[str] = (), capacity: int = 1,
+                 executors: Mapping[str, Executor] | None = None, *,
+                 default_executor: str | None = None, platform_description: str | None = None,
+                 system_info_extra: Mapping[str, Any] | None = None, send_progress: bool = True,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 channel_options: Sequence[tuple[str, Any]] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        if not device_id.strip():
+            raise ValueError("device_id must be a non-empty string")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.target = target
+        self.device_id = device_id.strip()
+        self.device_type = (device_type or default_device_type()).lower()
+        self._device_type_enum = _device_type_enum(self.device_type)
+        self.capabilities = list(capabilities)
+        self.capacity = capacity
+        self.executors: dict[str, Executor] = dict(
+            executors if executors is not None else default_executors())
+        if not self.executors:
+            raise ValueError("a device needs at least one executor")
+        self.default_executor = default_executor or ("echo" if "echo" in self.executors
+                                                     else next(iter(self.executors)))
+        if self.default_executor not in self.executors:
+            raise ValueError(f"default executor {self.default_executor!r} is not one of "
+                             f"{sorted(self.executors)}")
+        self.platform_description = platform_description or platform.platform()
+        self.system_info = {**system_info(), **dict(system_info_extra or {})}
+        self.send_progress = send_progress
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.channel_options = list(channel_options if channel_options is not None
+                                    else DEFAULT_CHANNEL_OPTIONS)
+        self.credentials = credentials
+
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, pb.TaskResult] = {}  # results until the server acks them
+        self._session: _Session | None = None
+        self._abandoned: list[tuple[Any, asyncio.Task[None]]] = []  # (call, reader)
+        self._connected = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._draining = False
+        self._stopping = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._welcomed_last = False
+
+        # Observability (tests and the CLI read these).
+        self.session_id = ""
+        self.heartbeat_interval = 0.0
+        self.lease_ttl = 0.0
+        self.session_attempts = 0  # streams opened (welcomed or not)
+        self.sessions_opened = 0  # streams welcomed
+        self.max_running = 0
+        self.completed = 0
+        self.last_goodbye: str | None = None
+        self.result_acks: list[tuple[str, bool, str]] = []
+
+        # Fault injection, for tests of the protocol's recovery paths.
+        self.pause_heartbeats = False  # stay connected but stop heartbeating
+        self.hold_results = False  # keep results as unacknowledged instead of sending them
+        self.drop_result_acks = 0  # ignore the next N result_acks (as if they were lost)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def running_lease_ids(self) -> list[str]:
+        return list(self._running)
+
+    @property
+    def unacknowledged_results(self) -> list[pb.TaskResult]:
+        return list(self._pending.values())
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait (event driven) until ``predicate()``; False on timeout."""
+        async def waiter() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+        try:
+            await asyncio.wait_for(waiter(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def wait_connected(self, timeout: float | None = None) -> str:
+        """Wait for a welcomed session; returns its session id."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        return self.session_id
+
+    async def wait_for(self, predicate: Callable[[DeviceAgent], bool],
+                       timeout: float | None = None) -> None:
+        """Wait until ``predicate(agent)`` holds (re-checked on every state change)."""
+        if not await self._wait_until(lambda: predicate(self), timeout):
+            raise TimeoutError(f"device {self.device_id}: condition not met in {timeout}s")
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task of the last ``start()`` (done once the agent stopped)."""
+        return self._run_task
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the agent in a background task (see ``run``)."""
+        if self._run_task is None or self._run_task.done():
+            self._run_task = asyncio.create_task(self.run(), name=f"device-agent-{self.device_id}")
+        return self._run_task
+
+    async def __aenter__(self) -> DeviceAgent:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(timeout=5.0)
+
+    async def run(self) -> None:
+        """Connect and serve until ``stop()``; reconnects with backoff + jitter.
+
+        Raises ``DeviceAgentError`` when the server refuses the device (bad hello, protocol
+        error) or another session took over this device id.
+        """
+        self._stopping = False
+        if self.credentials is not None:
+            channel = grpc.aio.secure_channel(self.target, self.credentials,
+                                              options=self.channel_options)
+        else:
+            channel = grpc.aio.insecure_channel(self.target, options=self.channel_options)
+        stub = pb_grpc.DeviceServiceStub(channel)
+        failures = 0
+        try:
+            async with channel:
+                while not self._stopping:
+                    reconnect_after = await self._one_session(stub)
+                    if self._stopping:
+                        break
+                    failures = 1 if self._welcomed_last else failures + 1
+                    delay = reconnect_after if reconnect_after is not None else \
+                        random.uniform(0, min(self.backoff_max,
+                                              self.backoff_initial * 2 ** (failures - 1)))
+                    logger.info("device %s: reconnecting in %.2fs", self.device_id, delay)
+                    await self._wait_until(lambda: self._stopping, delay)
+        finally:
+            self._connected.clear()
+            for task in list(self._running.values()):
+                task.cancel()
+            if self._running:
+                await asyncio.gather(*self._running.values(), return_exceptions=True)
+            for call, reader in self._abandoned:
+                reader.cancel()
+                call.cancel()
+            self._abandoned.clear()
+            self._notify()
+
+    async def stop(self, timeout: float | None = 10.0) -> None:
+        """Graceful stop: drain, let running assignments finish and their results be acked
+        (up to ``timeout`` seconds), close the session, then cancel whatever is left."""
+        task = self._run_task
+        if task is not None and not task.done():
+            await self.drain("shutdown")
+            # Done when nothing runs and every result is acked (or can't be: disconnected).
+            await self._wait_until(lambda: not self._running
+                                   and (not self._pending or not self.connected), timeout)
+        self._stopping = True
+        self._notify()
+        session = self._session
+        if session is not None:
+            session.close_requests()  # half-close: the server ends the stream
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
+            except TimeoutError:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DeviceAgentError):
+                await task
+
+    async def drain(self, reason: str = "drain") -> None:
+        """Ask for no new assignments (running ones finish)."""
+        self._draining = True
+        if self._session is not None:
+            self._session.send(pb.ConnectRequest(drain=pb.DeviceDrain(reason=reason)))
+
+    async def reconnect(self, *, abandon: bool = False) -> None:
+        """End the current session and connect again (for tests and operators).
+
+        With ``abandon`` the old stream is left open, unread, as after a network partition
+        the server has not noticed: the new session then supersedes it on the server.
+        """
+        session = self._session
+        if session is None:
+            return
+        session.abandon = abandon
+        session.forced.set()
+
+    # ------------------------------------------------------------------ one session
+    def _hello(self) -> pb.DeviceHello:
+        hello = pb.DeviceHello(
+            device_id=self.device_id, device_type=self._device_type_enum,  # type: ignore[arg-type]
+            platform=self.platform_description, capabilities=self.capabilities,
+            capacity=self.capacity, running_lease_ids=list(self._running),
+            unacknowledged_results=list(self._pending.values()), daemon_version=DAEMON_VERSION)
+        hello.system_info.update(json.loads(json.dumps(self.system_info, default=str)))
+        return hello
+
+    async def _one_session(self, stub: pb_grpc.DeviceServiceStub) -> float | None:
+        """Run one Connect stream to its end; returns the server's reconnect_after, if any."""
+        self._welcomed_last = False
+        self.session_attempts += 1
+        session = _Session()
+        # Composing hello and publishing the session is atomic (no await in between): a result
+        # finished later is queued behind hello, never lost and never in both.
+        session.send(pb.ConnectRequest(hello=self._hello()))
+        self._session = session
+        call = stub.Connect(session.requests())
+        reader = session.reader = asyncio.create_task(self._read(session, call))
+        forced = asyncio.create_task(session.forced.wait())
+        try:
+            try:
+                # Not "await reader": cancelling a task blocked in call.read() cancels the RPC,
+                # and an abandoned session must leave its stream open.
+                await asyncio.wait([reader, forced], return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    reader.result()  # raises the stream's error, if any
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES:
+                    self._stopping = True
+                    raise DeviceAgentError(f"device {self.device_id}: the server refused the "
+                                           f"session: {exc.code().name}: {exc.details()}",
+                                           exc.code().name.lower()) from None
+                logger.warning("device %s: stream failed: %s %s", self.device_id,
+                               exc.code().name, exc.details())
+        finally:
+            forced.cancel()
+            if self._session is session:
+                self._session = None
+            self._connected.clear()
+            if session.heartbeat is not None:
+                session.heartbeat.cancel()
+            if session.abandon:  # as after a network partition: open, silent, unread
+                self._abandoned.append((call, reader))
+            else:
+                session.close_requests()
+                reader.cancel()
+                call.cancel()
+            self._notify()
+        goodbye = session.goodbye
+        if goodbye is not None:
+            self.last_goodbye = goodbye.reason
+            if goodbye.reason == "superseded":
+                self._stopping = True
+                raise DeviceAgentError(f"device {self.device_id}: another session for this "
+                                       "device id took over", "superseded")
+            if goodbye.HasField("reconnect_after"):
+                return _seconds(goodbye.reconnect_after)
+        return None
+
+    async def _read(self, session: _Session, call: Any) -> None:
+        async for msg in call:
+            if session.abandon:
+                continue  # a dead connection: nothing gets through
+            kind = msg.WhichOneof("message")
+            if kind == "welcome":
+                self._on_welcome(session, msg.welcome)
+            elif kind == "assignment":
+                self._on_assignment(session, msg.assignment)
+            elif kind == "cancel":
+                self._on_cancel(msg.cancel)
+            elif kind == "result_ack":
+                self._on_result_ack(msg.result_ack)
+            elif kind == "goodbye":
+                session.goodbye = msg.goodbye
+                logger.info("device %s: server said goodbye (%s)", self.device_id,
+                            msg.goodbye.reason)
+
+    def _on_welcome(self, session: _Session, welcome: pb.ServerWelcome) -> None:
+        session.welcome = welcome
+        self.session_id = welcome.session_id
+        self.heartbeat_interval = _seconds(welcome.heartbeat_interval) or 10.0
+        self.lease_ttl = _seconds(welcome.lease_ttl)
+        self.sessions_opened += 1
+        self._welcomed_last = True
+        session.heartbeat = asyncio.create_task(self._heartbeats(session, self.heartbeat_interval))
+        if self._draining and not self._stopping:
+            session.send(pb.ConnectRequest(drain=pb.DeviceDrain(reason="drain")))
+        logger.info("device %s connected to %s (session %s, heartbeat %.3gs, lease ttl %.3gs)",
+                    self.device_id, self.target, self.session_id, self.heartbeat_interval,
+                    self.lease_ttl)
+        self._connected.set()
+        self._notify()
+
+    async def _heartbeats(self, session: _Session, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.pause_heartbeats:
+                continue
+            beat = pb.DeviceHeartbeat(running_lease_ids=list(self._running))
+            beat.sent_at.GetCurrentTime()
+            session.send(pb.ConnectRequest(heartbeat=beat))
+
+    # ------------------------------------------------------------------ assignments
+    def _reject(self, session: _Session, lease_id: str, reason: str) -> None:
+        logger.info("device %s: rejecting lease %s: %s", self.device_id, lease_id, reason)
+        session.send(pb.ConnectRequest(reject=pb.AssignmentReject(lease_id=lease_id,
+                                                                  reason=reason)))
+
+    def _on_assignment(self, session: _Session, msg: pb.TaskAssignment) -> None:
+        lease_id = msg.lease_id
+        if lease_id in self._running or lease_id in self._pending:
+            session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
+            return  # delivered twice: already on it
+        if self._draining:
+            return self._reject(session, lease_id, "draining")
+        if len(self._running) >= self.capacity:
+            return self._reject(session, lease_id, f"capacity: already running "
+                                                   f"{len(self._running)}/{self.capacity}")
+        task_data = _plain_numbers(json_format.MessageToDict(msg.task_data))
+        name = task_data.get("executor") or self.default_executor
+        executor = self.executors.get(name) if isinstance(name, str) else None
+        if executor is None:
+            hint = " (the daemon runs it only with --allow-shell)" if name == "shell" else ""
+            return self._reject(session, lease_id, f"unsupported: executor {name!r} is not "
+                                f"enabled on device {self.device_id}{hint}; enabled: "
+                                f"{', '.join(sorted(self.executors))}")
+        assignment = Assignment(
+            lease_id=lease_id, task_id=msg.task_id, attempt=msg.attempt,
+            task_text=msg.task_text, task_data=task_data, orion_id=msg.orion_id,
+            timeout=_seconds(msg.timeout) if msg.HasField("timeout") else None,
+            deadline=msg.deadline.ToDatetime(UTC) if msg.HasField("deadline") else None,
+            trace_context=dict(msg.trace_context), device_id=self.device_id,
+            _progress=self._progress_reporter(lease_id, msg.task_id, msg.attempt))
+        session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
+        self._running[lease_id] = asyncio.create_task(
+            self._execute(assignment, executor), name=f"lease-{lease_id}")
+        self.max_running = max(self.max_running, len(self._running))
+        self._notify()
+
+    def _progress_reporter(self, lease_id: str, task_id: str, attempt: int
+                           ) -> Callable[[float, str, Mapping[str, Any] | None], None]:
+        def report(progress: float, message: str, data: Mapping[str, Any] | None) -> None:
+            session = self._session
+            if not self.send_progress or session is None or lease_id not in self._running:
+                return
+            msg = pb.TaskProgress(lease_id=lease_id, task_id=task_id, attempt=attempt,
+                                  progress=min(1.0, max(0.0, progress))
+                                  if math.isfinite(progress) else 0.0, message=message)
+            if data:
+                with contextlib.suppress(TypeError, ValueError):
+                    msg.data.update(json.loads(json.dumps(dict(data), default=str)))
+            session.send(pb.ConnectRequest(progress=msg))
+        return report
+
+    async def _execute(self, assignment: Assignment, executor: Executor) -> None:
+        started = time.time()
+        result = pb.TaskResult(lease_id=assignment.lease_id, task_id=assignment.task_id,
+                               attempt=assignment.attempt)
+        try:
+            async with _span(assignment):
+                async with asyncio.timeout(assignment.timeout):
+                    value = await executor(assignment)
+            try:
+                result.result.CopyFrom(_to_value(value))
+                result.success = True
+            except (TypeError, ValueError) as exc:
+                result.error = f"the executor's result is not JSON: {exc}"
+        except TimeoutError:
+            result.error = f"timed out after {assignment.timeout:g}s on device {self.device_id}"
+        except ExecutorError as exc:
+            result.error = str(exc) or type(exc).__name__
+            if exc.result is not None:
+                with contextlib.suppress(TypeError, ValueError):
+                    result.result.CopyFrom(_to_value(exc.result))
+        except Exception as exc:
+            logger.info("device %s: lease %s failed: %r", self.device_id,
+                        assignment.lease_id, exc)
+            result.error = f"{type(exc).__name__}: {exc}"
+        finally:  # cancelled (lease cancel / shutdown): no result, CancelledError propagates
+            self._running.pop(assignment.lease_id, None)
+            self._notify()
+        result.started_at.FromNanoseconds(int(started * 1e9))
+        result.finished_at.GetCurrentTime()
+        self.completed += 1
+        self._pending[assignment.lease_id] = result
+        session = self._session
+        if session is not None and not self.hold_results:
+            session.send(pb.ConnectRequest(result=result))
+        self._notify()
+
+    def _on_cancel(self, msg: pb.LeaseCancel) -> None:
+        task = self._running.get(msg.lease_id)
+        if task is not None:
+            logger.info("device %s: lease %s cancelled by the server (%s)", self.device_id,
+                        msg.lease_id, msg.reason)
+            task.cancel()
+
+    def _on_result_ack(self, msg: pb.ResultAck) -> None:
+        if self.drop_result_acks > 0:
+            self.drop_result_acks -= 1
+            self._notify()
+            return
+        self.result_acks.append((msg.lease_id, msg.accepted, msg.reason))
+        if not msg.accepted:
+            logger.info("device %s: result for lease %s not accepted (%s)", self.device_id,
+                        msg.lease_id, msg.reason)
+        self._pending.pop(msg.lease_id, None)
+        self._notify()
+
+
+class _span(contextlib.AbstractAsyncContextManager[None]):
+    """An OpenTelemetry span for the assignment, child of the orion's trace (if any)."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self._assignment = assignment
+        self._cm: Any = None
+
+    async def __aenter__(self) -> None:
+        try:
+            from opentelemetry import propagate, trace
+        except ImportError:  # pragma: no cover
+            return
+        a = self._assignment
+        parent = propagate.extract(dict(a.trace_context)) if a.trace_context else None
+        self._cm = trace.get_tracer("orion_grpc.device").start_as_current_span(
+            "orion.device.execute", context=parent, attributes={
+                "orion.lease_id": a.lease_id, "orion.task_id": a.task_id,
+                "orion.orion_id": a.orion_id, "orion.attempt": a.attempt,
+                "orion.device_id": a.device_id})
+        self._cm.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
