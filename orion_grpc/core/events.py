@@ -27,6 +27,7 @@ class EventType(Enum):
     TASK_FAILED = "task_failed"
     TASK_CANCELLED = "task_cancelled"  # Orion addition
     TASK_RETRYING = "task_retrying"  # Orion addition: an attempt failed, another will follow
+    TASK_PROGRESS = "task_progress"  # Orion addition: a device reported progress of an attempt
     ORION_STARTED = "orion_started"
     ORION_COMPLETED = "orion_completed"
     ORION_FAILED = "orion_failed"
