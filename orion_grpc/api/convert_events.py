@@ -49,9 +49,10 @@ def _data_struct(data: Mapping[str, Any], out: Any) -> None:
 
 
 def event_to_pb(event: Event, sequence: int, resume_token: str,
-                previous_device_status: str | None = None
+                previous_device_status: str | None = None, *, orion_snapshot: bool = True
                 ) -> tuple[event_pb2.Event, orion_pb2.TaskOrion | None]:
-    """The wire event (without an orion snapshot) and, for ORION_* events, the snapshot.
+    """The wire event (without an orion snapshot) and, for ORION_* events when
+    ``orion_snapshot``, the snapshot (O(stars): the caller decides whether anyone wants it).
 
     Snapshots are taken when the event is logged; the payload's status, result and error are
     those the event carries (the star may have moved on by the time it is logged).
@@ -66,7 +67,7 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     if isinstance(event, TaskEvent):
         _task_event(event, data, pb)
     elif isinstance(event, OrionEvent):
-        snapshot = _orion_event(event, data, pb)
+        snapshot = _orion_event(event, data, pb, orion_snapshot)
     elif isinstance(event, DeviceEvent):
         pb.device_id = event.device_id
         payload = pb.device
@@ -125,8 +126,8 @@ def _task_event(event: TaskEvent, data: Mapping[str, Any], pb: event_pb2.Event) 
             payload.snapshot.is_terminal = event.status in ("completed", "failed", "cancelled")
 
 
-def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
-                 ) -> orion_pb2.TaskOrion | None:
+def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event,
+                 want_snapshot: bool) -> orion_pb2.TaskOrion | None:
     pb.orion_id = event.orion_id
     payload = pb.orion
     payload.orion_id = event.orion_id
@@ -148,7 +149,7 @@ def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
         if data.get("statistics"):
             result["statistics"] = data["statistics"]
         result_to_pb(result, orion.orion_id, payload.result)
-    return orion_to_pb(orion)
+    return orion_to_pb(orion) if want_snapshot else None
 
 
 __all__ = ["EVENT_TYPE_TO_PB", "event_to_pb", "plain"]

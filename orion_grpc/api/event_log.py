@@ -66,6 +66,7 @@ class EventLog(IEventObserver):
         self._subs: set[Subscription] = set()
         self._device_status: dict[str, str] = {}
         self.closed_reason: str | None = None
+        self.snapshot_watchers = 0  # watchers with include_orion_snapshots
 
     # ------------------------------------------------------------------ writing
     async def on_event(self, event: Event) -> None:
@@ -78,7 +79,10 @@ class EventLog(IEventObserver):
         if isinstance(event, DeviceEvent):
             previous = self._device_status.get(event.device_id)
             self._device_status[event.device_id] = event.device_status
-        pb, snapshot = event_to_pb(event, seq, self.token(seq), previous)
+        # A whole-orion snapshot costs O(stars) in time and memory: take it only while a
+        # watcher that asked for snapshots is connected.
+        pb, snapshot = event_to_pb(event, seq, self.token(seq), previous,
+                                   orion_snapshot=self.snapshot_watchers > 0)
         entry = LogEntry(seq, pb, snapshot)
         self._entries.append(entry)
         if len(self._entries) > self.retention:

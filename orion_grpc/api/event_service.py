@@ -88,6 +88,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         wanted = _Filter(request)
         self._check_open()
         sub = log.subscribe(self._start_after(request))
+        log.snapshot_watchers += wanted.snapshots
         try:
             # Headers go out at once (not with the first event), so a client's
             # wait_for_connection() means "subscribed"; they carry the starting position.
@@ -116,6 +117,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                     yield pb.WatchEventsResponse(event=log.bookmark(sub.cursor))
         finally:
             log.unsubscribe(sub)
+            log.snapshot_watchers -= wanted.snapshots
 
     def _check_open(self, cursor: int | None = None) -> None:
         log = self.log

@@ -45,9 +45,16 @@ def burst(server, n: int) -> None:
 
 async def test_filters_and_history(server, client, channel):
     await fleet(server, "d1")
-    assert (await client.orchestrate_orion(chain("one", "a", "b")))["status"] == "completed"
-    assert (await client.orchestrate_orion(chain("two", "x")))["status"] == "completed"
     stub = event_service_pb2_grpc.EventServiceStub(channel)
+    assert (await client.orchestrate_orion(chain("one", "a", "b")))["status"] == "completed"
+    live = stub.WatchEvents(event_service_pb2.WatchEventsRequest(  # wants snapshots from now
+        orion_id="two", include_orion_snapshots=True,
+        types=[event_pb2.EVENT_TYPE_ORION_COMPLETED]))
+    await live.wait_for_connection()
+    assert (await client.orchestrate_orion(chain("two", "x")))["status"] == "completed"
+    (done,) = await take(live, 1)
+    live.cancel()
+    assert [t.task_id for t in done.orion.snapshot.tasks] == ["x"]
     call = stub.WatchEvents(event_service_pb2.WatchEventsRequest(
         include_history=True, orion_id="one", types=[event_pb2.EVENT_TYPE_TASK_COMPLETED,
                                                      event_pb2.EVENT_TYPE_ORION_COMPLETED]))
@@ -66,11 +73,11 @@ async def test_filters_and_history(server, client, channel):
     assert (started.orion_id, started.task.snapshot.task_id) == ("two", "x")
     assert completed.type == event_pb2.EVENT_TYPE_TASK_COMPLETED
     call = stub.WatchEvents(event_service_pb2.WatchEventsRequest(
-        include_history=True, orion_id="two", include_orion_snapshots=True,
+        include_history=True, orion_id="one", include_orion_snapshots=True,
         types=[event_pb2.EVENT_TYPE_ORION_COMPLETED]))
-    (done,) = await take(call, 1)
+    (replayed,) = await take(call, 1)
     call.cancel()
-    assert [t.task_id for t in done.orion.snapshot.tasks] == ["x"]
+    assert not replayed.orion.HasField("snapshot")  # nobody wanted one when it was logged
 
 
 async def test_resume_returns_every_later_event_once(server, client):
