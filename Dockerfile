@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Orion server image. Build: docker build -t orion .   Run: docker run -p 50051:50051 orion
+# Configuration is by ORION_* environment variables (see `orion serve --help`).
+# tests/test_dockerfile.py checks this file and runs its install and entry-point steps as
+# plain commands (no Docker engine in CI).
+
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+RUN python -m venv /opt/orion
+COPY pyproject.toml README.md ./
+COPY orion_grpc ./orion_grpc
+RUN /opt/orion/bin/pip install --no-cache-dir .
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin orion \
+    && mkdir -p /data && chown orion /data
+COPY --from=build /opt/orion /opt/orion
+ENV PATH=/opt/orion/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    ORION_HOST=0.0.0.0 \
+    ORION_PORT=50051
+USER orion
+WORKDIR /data
+# Durable state (the SQLite store, once it lands) lives here.
+VOLUME ["/data"]
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('ORION_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+ENTRYPOINT ["orion"]
+CMD ["serve"]
