@@ -209,6 +209,7 @@ class DeviceAgent:
         self.max_running = 0
         self.completed = 0
         self.last_goodbye: str | None = None
+        self.last_error = ""  # why the last stream failed, if it did
         self.result_acks: list[tuple[str, bool, str]] = []
 
         # Fault injection, for tests of the protocol's recovery paths.
@@ -298,7 +299,11 @@ class DeviceAgent:
                     delay = reconnect_after if reconnect_after is not None else \
                         random.uniform(0, min(self.backoff_max,
                                               self.backoff_initial * 2 ** (failures - 1)))
-                    logger.info("device %s: reconnecting in %.2fs", self.device_id, delay)
+                    # The first failure in a row is worth a warning; the retries are not.
+                    logger.log(logging.WARNING if failures == 1 and self.last_error else
+                               logging.INFO, "device %s: %sreconnecting in %.2fs (attempt %d)",
+                               self.device_id, f"{self.last_error}; " if self.last_error else "",
+                               delay, failures)
                     await self._wait_until(lambda: self._stopping, delay)
         finally:
             self._connected.clear()
@@ -365,6 +370,7 @@ class DeviceAgent:
     async def _one_session(self, stub: pb_grpc.DeviceServiceStub) -> float | None:
         """Run one Connect stream to its end; returns the server's reconnect_after, if any."""
         self._welcomed_last = False
+        self.last_error = ""
         self.session_attempts += 1
         session = _Session()
         # Composing hello and publishing the session is atomic (no await in between): a result
@@ -387,8 +393,7 @@ class DeviceAgent:
                     raise DeviceAgentError(f"device {self.device_id}: the server refused the "
                                            f"session: {exc.code().name}: {exc.details()}",
                                            exc.code().name.lower()) from None
-                logger.warning("device %s: stream failed: %s %s", self.device_id,
-                               exc.code().name, exc.details())
+                self.last_error = f"{exc.code().name}: {exc.details()}"
         finally:
             forced.cancel()
             if self._session is session:

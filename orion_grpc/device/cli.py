@@ -76,11 +76,18 @@ def add_device_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int
 
 
 def load_plugin(spec: str) -> tuple[str, Executor]:
-    """``NAME=module:attr`` -> (name, executor); a class (or factory) is called once."""
+    """``NAME=module:attr`` -> (name, executor); a class (or factory) is called once.
+
+    Modules are looked up in the working directory too (the ``orion`` script's own
+    ``sys.path`` does not include it), then on the usual path.
+    """
     name, sep, target = spec.partition("=")
     module_name, sep2, attr = target.partition(":")
     if not (sep and sep2 and name and module_name and attr):
         raise ValueError(f"--plugin wants NAME=MODULE:ATTR, got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)

@@ -71,8 +71,12 @@ class ExecutorError(Exception):
 
 # ---------------------------------------------------------------------- echo
 async def echo(assignment: Assignment) -> dict[str, Any]:
-    """Return what was sent: the task text and task_data (for demos and tests)."""
-    return {"device_id": assignment.device_id, "task_id": assignment.task_id,
+    """Return what was sent: the task text and task_data (for demos and tests).
+
+    Like the in-process FakeDevice, results say ``"status": "ok"``, so an orion whose
+    conditions test ``result.status`` behaves the same on a simulated and a real fleet.
+    """
+    return {"status": "ok", "device_id": assignment.device_id, "task_id": assignment.task_id,
             "text": assignment.task_text, "task_data": assignment.task_data}
 
 
@@ -81,7 +85,7 @@ async def sleep(assignment: Assignment) -> Any:
     """Sleep ``task_data.seconds`` (default 1), reporting progress along the way.
 
     ``task_data.fail`` (a message) fails the star afterwards; ``task_data.result`` is returned
-    instead of the default ``{"slept": seconds, ...}``.
+    instead of the default ``{"status": "ok", "slept": seconds, ...}``.
     """
     data = assignment.task_data
     try:
@@ -99,7 +103,8 @@ async def sleep(assignment: Assignment) -> Any:
         raise ExecutorError(str(data["fail"]))
     if "result" in data:
         return data["result"]
-    return {"slept": seconds, "device_id": assignment.device_id, "task_id": assignment.task_id}
+    return {"status": "ok", "slept": seconds, "device_id": assignment.device_id,
+            "task_id": assignment.task_id}
 
 
 # ---------------------------------------------------------------------- shell

@@ -48,7 +48,8 @@ async def test_an_orion_runs_over_agents_with_capability_matching(harness):
     assert build["text"].startswith("Task Description: build it")
     assert result["results"]["doc"]["device_id"] == "win-1"
     assert result["results"]["photo"]["device_id"] == "phone-1"
-    assert result["results"]["test"] == {"slept": 0.05, "device_id": "linux-1", "task_id": "test"}
+    assert result["results"]["test"] == {"status": "ok", "slept": 0.05, "device_id": "linux-1",
+                                         "task_id": "test"}
     assert harness.devices.get_device_system_info("linux-1")["cpu_count"] >= 1
 
 

@@ -22,13 +22,14 @@ def assignment(task_data: dict[str, Any] | None = None, **kw: Any) -> Assignment
 
 async def test_echo_returns_what_it_was_sent():
     assert await echo(assignment({"k": [1, 2]})) == {
-        "device_id": "d", "task_id": "t", "text": "Task Description: x", "task_data": {"k": [1, 2]}}
+        "status": "ok", "device_id": "d", "task_id": "t", "text": "Task Description: x",
+        "task_data": {"k": [1, 2]}}
 
 
 async def test_sleep_reports_progress_and_honours_fail_and_result():
     reports: list[tuple[float, str]] = []
     a = assignment({"seconds": 0.02}, _progress=lambda p, m, d: reports.append((p, m)))
-    assert await sleep(a) == {"slept": 0.02, "device_id": "d", "task_id": "t"}
+    assert await sleep(a) == {"status": "ok", "slept": 0.02, "device_id": "d", "task_id": "t"}
     assert reports and reports[-1][0] == 1.0
     assert await sleep(assignment({"seconds": 0, "result": [1]})) == [1]
     with pytest.raises(ExecutorError, match="nope"):
@@ -99,6 +100,16 @@ def test_shell_is_enabled_only_on_request():
     agent = agent_from_args(build_parser().parse_args(
         ["--id", "x", "--allow-shell", "--executor", "sleep"]))
     assert "shell" in agent.executors and agent.default_executor == "sleep"
+
+
+def test_plugins_load_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "orion_plugin_probe.py").write_text(
+        "async def probe(assignment):\n    return 'probed'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    name, executor = load_plugin("p=orion_plugin_probe:probe")
+    assert name == "p" and executor.__name__ == "probe"
+    sys.modules.pop("orion_plugin_probe", None)
 
 
 def test_plugins_load_functions_and_classes():
