@@ -44,9 +44,11 @@ from ..core.device_manager import (
 )
 from ..core.engine import OrionEngine
 from ..core.events import EventType, TaskEvent
+from ..core.task_star import TaskStar
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
+from .convert import task_to_pb
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +184,14 @@ def _trace_context(lease: Lease) -> dict[str, str]:
     return carrier
 
 
-def assignment_to_proto(lease: Lease) -> pb.TaskAssignment:
-    """The ``TaskAssignment`` a device receives for ``lease`` (attempt is 1-based on the wire)."""
+def assignment_to_proto(lease: Lease, star: TaskStar | None = None) -> pb.TaskAssignment:
+    """The ``TaskAssignment`` a device receives for ``lease`` (attempt is 1-based on the wire);
+    ``star``, when known, fills ``task`` (the full star definition)."""
     msg = pb.TaskAssignment(lease_id=lease.lease_id, attempt=lease.attempt + 1,
                             orion_id=lease.orion_id or "", task_id=lease.task_id,
                             task_text=lease.task_description)
+    if star is not None:
+        task_to_pb(star, lease.orion_id, msg.task)
     if lease.deadline is not None:
         _seconds_to(msg.deadline, lease.deadline)
     if lease.timeout:
@@ -220,7 +225,8 @@ class SessionInfo:
 class _Session:
     """Server-side state of one Connect stream."""
 
-    def __init__(self, info: SessionInfo, limit: int, devices: OrionDeviceManager) -> None:
+    def __init__(self, info: SessionInfo, limit: int, devices: OrionDeviceManager,
+                 star_of: Callable[[Lease], TaskStar | None] = lambda lease: None) -> None:
         self.info = info
         self.device_id = info.device_id
         self.outbound: asyncio.Queue[pb.ConnectResponse | _End] = asyncio.Queue()
@@ -232,7 +238,7 @@ class _Session:
         self.superseded = False
         self.detached = False  # the device manager no longer routes to this session
         self.last_progress: dict[str, float] = {}  # lease id -> when its last event went out
-        self.link = GrpcDeviceLink(self, devices)
+        self.link = GrpcDeviceLink(self, devices, star_of)
 
     def send(self, msg: pb.ConnectResponse) -> None:
         """Queue ``msg`` for the device; never blocks."""
@@ -264,16 +270,19 @@ class _Session:
 class GrpcDeviceLink(DeviceLink):
     """The engine's view of one device session: every call only queues a message."""
 
-    def __init__(self, session: _Session, devices: OrionDeviceManager) -> None:
+    def __init__(self, session: _Session, devices: OrionDeviceManager,
+                 star_of: Callable[[Lease], TaskStar | None] = lambda lease: None) -> None:
         self._session = session
         self._devices = devices
+        self._star_of = star_of
 
     @property
     def session_id(self) -> str:
         return self._session.info.session_id
 
     def send_assignment(self, lease: Lease) -> None:
-        self._session.send(pb.ConnectResponse(assignment=assignment_to_proto(lease)))
+        self._session.send(pb.ConnectResponse(
+            assignment=assignment_to_proto(lease, self._star_of(lease))))
 
     def send_cancel(self, lease_id: str, reason: str) -> None:
         # The manager calls this before it releases the lease, so the lease is still known.
@@ -308,6 +317,13 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
     @property
     def devices(self) -> OrionDeviceManager:
         return self.engine.devices
+
+    def _star_of(self, lease: Lease) -> TaskStar | None:
+        """The star a lease runs, if it belongs to a known orion (single tasks do not)."""
+        if not lease.orion_id:
+            return None
+        orion = self.engine.orchestrator.get_running_orion(lease.orion_id)
+        return orion.get_task(lease.task_id) if orion is not None else None
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -433,7 +449,7 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         device_id = hello.device_id.strip()
         capacity = min(max(hello.capacity, 1), self.config.max_inflight)
         info = SessionInfo(device_id, uuid.uuid4().hex, context.peer() or "", time.time(), capacity)
-        session = _Session(info, self.config.outbound_queue_limit, dm)
+        session = _Session(info, self.config.outbound_queue_limit, dm, self._star_of)
 
         welcome = pb.ServerWelcome(session_id=info.session_id)
         _seconds_to(welcome.heartbeat_interval, self.config.heartbeat_interval)

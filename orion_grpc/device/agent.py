@@ -492,6 +492,8 @@ class DeviceAgent:
             timeout=_seconds(msg.timeout) if msg.HasField("timeout") else None,
             deadline=msg.deadline.ToDatetime(UTC) if msg.HasField("deadline") else None,
             trace_context=dict(msg.trace_context), device_id=self.device_id,
+            star=json_format.MessageToDict(msg.task, preserving_proto_field_name=True)
+            if msg.HasField("task") else {},
             _progress=self._progress_reporter(lease_id, msg.task_id, msg.attempt))
         session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
         self._running[lease_id] = asyncio.create_task(

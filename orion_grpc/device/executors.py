@@ -44,6 +44,10 @@ class Assignment:
     deadline: datetime | None = None
     trace_context: Mapping[str, str] = field(default_factory=dict)
     device_id: str = ""
+    # The full star (orion.v1.TaskStar in its JSON mapping, snake_case field names: name,
+    # device_type, priority, required_capabilities, expected_output_type, ...) when the server
+    # sends it (stars of an orion); empty otherwise.
+    star: Mapping[str, Any] = field(default_factory=dict)
     _progress: ProgressCallback = field(default=_no_progress, repr=False, compare=False)
 
     def report_progress(self, progress: float = 0.0, message: str = "",

@@ -34,7 +34,7 @@ async def test_an_orion_runs_over_agents_with_capability_matching(harness):
 
     orion = TaskOrion(name="fleet")
     orion.add_task(TaskStar("build", description="build it", required_capabilities=["python"],
-                            task_data={"target": "x86"}))
+                            task_data={"target": "x86"}, expected_output_type="binary"))
     orion.add_task(TaskStar("doc", description="write the doc", device_type="windows"))
     orion.add_task(TaskStar("photo", description="take a photo", required_capabilities=["camera"]))
     orion.add_task(sleep_star("test", required_capabilities=["python"]))
@@ -115,6 +115,14 @@ async def test_custom_executor_with_progress_and_trace(harness):
     a = seen[0]
     assert (a.task_id, a.attempt, a.device_id, a.timeout) == ("t", 1, "d1", 5.0)
     assert a.deadline is not None and a.task_data == {"word": "hi"}
+    assert a.star == {}  # a single task belongs to no orion: no star definition is sent
+    orion = TaskOrion(name="structured")
+    orion.add_task(TaskStar("o", name="Shout it", description="shout", target_device_id="d1",
+                            task_data={"word": "yo"}, expected_output_type="text"))
+    assert (await orchestrate(harness, orion))["results"]["o"] == {"shout": "YO"}
+    star = seen[-1].star
+    assert (star["task_id"], star["name"], star["expected_output_type"]) == ("o", "Shout it", "text")
+    assert star["task_data"] == {"word": "yo"} and seen[-1].orion_id == orion.orion_id
     with pytest.raises(TaskExecutionError, match="refused"):
         await harness.orchestrator.execute_single_task(
             TaskStar("u", description="x", target_device_id="d1", task_data={"bad": True}))

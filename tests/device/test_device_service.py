@@ -130,10 +130,14 @@ async def test_orion_assignment_names_the_orion_and_a_failed_result_fails_the_st
     dev = harness.raw()
     await dev.hello("d1")
     orion = TaskOrion(name="o")
-    orion.add_task(TaskStar("boom", description="fail please", target_device_id="d1"))
+    orion.add_task(TaskStar("boom", name="Boom", description="fail please",
+                            target_device_id="d1", required_capabilities=[], priority=3))
     run = asyncio.create_task(harness.orchestrator.orchestrate_orion(orion))
     a = await dev.expect("assignment")
     assert a.orion_id == orion.orion_id
+    # The full star rides along for executors that want structured fields.
+    assert (a.task.task_id, a.task.name, a.task.description) == ("boom", "Boom", "fail please")
+    assert a.task.resource_name == f"orions/{orion.orion_id}/stars/boom"
     dev.send(result=result_msg(a, None, success=False, error="it broke"))
     assert (await dev.expect("result_ack")).accepted
     result = await asyncio.wait_for(run, WAIT)
