@@ -332,12 +332,13 @@ class DeviceAgent:
         if session is not None:
             session.close_requests()  # half-close: the server ends the stream
         if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 2.0)
-            except TimeoutError:
+            # asyncio.wait never raises the task's outcome, so only a cancellation of the
+            # caller itself propagates from here.
+            if not (await asyncio.wait([task], timeout=2.0))[0]:
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, DeviceAgentError):
-                await task
+                await asyncio.wait([task])
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieved: the agent's own end (e.g. DeviceAgentError) is fine
 
     async def drain(self, reason: str = "drain") -> None:
         """Ask for no new assignments (running ones finish)."""

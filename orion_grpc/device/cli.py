@@ -141,6 +141,9 @@ async def _serve(agent: DeviceAgent, drain_timeout: float) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3
     except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled, not just the agent
         return 130
     finally:
         announcer.cancel()
