@@ -28,12 +28,30 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "scripts/test" in ci
 
 
-def test_demo_command_runs_the_example_orion() -> None:
-    out = subprocess.run([sys.executable, "-m", "orion_grpc.cli", "demo", "--latency", "0.01"],
+def test_demo_runs_the_example_on_a_server_and_three_device_processes() -> None:
+    out = subprocess.run([sys.executable, "-m", "orion_grpc.cli", "demo", "--latency", "0.05"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"server +listening on 127\.0\.0\.1:\d+ \(pid \d+\)", out.stdout)
+    for device in ("linux-build-01", "win-desktop-07", "pixel-8"):
+        assert re.search(rf"{device} .* connected \(pid \d+\)", out.stdout), out.stdout
+    # every dependency type is in the example
+    assert "(success_only 6, unconditional 1, conditional 3, completion_only 1)" in out.stdout
+    assert "release_pipeline: COMPLETED" in out.stdout
+    assert "task_retrying" in out.stdout  # the demo shows a retry that really happens
+    assert "critical path" in out.stdout
+    assert '"coverage": 0.87' in out.stdout  # the results are printed
+    assert "triage skipped" in out.stdout  # a conditional branch not taken
+    assert "server (exit 0)" in out.stdout  # and everything was stopped
+
+
+def test_demo_in_process_simulates_the_same_orion() -> None:
+    out = subprocess.run([sys.executable, "-m", "orion_grpc.cli", "demo", "--in-process",
+                          "--latency", "0.01"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "release_pipeline: COMPLETED" in out.stdout
-    assert "task_retrying" in out.stdout  # the demo shows a retry that really happens
+    assert "task_retrying" in out.stdout
     assert "critical path" in out.stdout
 
 

@@ -1,8 +1,10 @@
-"""``orion serve | submit | status | devices | watch | cancel`` (registered by orion_grpc.cli).
+"""``orion serve | submit | status | devices | watch | cancel | edit`` (registered by
+orion_grpc.cli).
 
 Scriptable contract: every client command takes ``--server H:P`` (default ``$ORION_SERVER``,
 else 127.0.0.1:50051) and ``--json`` (one JSON document, or one JSON object per line for
-``watch``); ``submit FILE --wait`` exits 0 only when the orion COMPLETED.
+``watch``); ``submit FILE --wait`` and ``watch ORION`` exit 0 only when the orion COMPLETED.
+Orion and edit files are YAML or JSON in the proto's JSON mapping (``client/files.py``).
 """
 
 from __future__ import annotations
@@ -14,50 +16,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from ..api.convert import orion_to_pb, result_from_pb
-from ..core import OrionError
-from ..core.spec import orion_from_spec
-from ..gen.orion.v1 import device_pb2, event_pb2, orchestrator_service_pb2, orion_pb2, task_star_pb2
+from ..api.convert import result_from_pb
+from ..core import NotFoundError, OrionError
+from ..gen.orion.v1 import (
+    device_pb2,
+    event_pb2,
+    manager_service_pb2,
+    orion_pb2,
+    task_star_pb2,
+)
 from .client import OrionClient, default_target
+from .files import DocumentError, edit_request, read_document, submit_request
+from .progress import TERMINAL_EVENTS, OrionProgress, ProgressPrinter
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-TERMINAL_EVENTS = {event_pb2.EVENT_TYPE_ORION_COMPLETED, event_pb2.EVENT_TYPE_ORION_FAILED,
-                   event_pb2.EVENT_TYPE_ORION_CANCELLED}
-
-
-# ---------------------------------------------------------------------- orion files
-def load_document(path: str) -> Any:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml  # type: ignore[import-untyped]
-        except ImportError as exc:
-            raise SystemExit("reading YAML needs PyYAML (pip install pyyaml); or use JSON") from exc
-        return yaml.safe_load(text)
-    return json.loads(text)
-
-
-def submit_request(document: Any) -> orchestrator_service_pb2.SubmitOrionRequest:
-    """An orion file as a SubmitOrionRequest. Accepted shapes: a TaskOrion in the proto JSON
-    mapping (what grpcurl takes), a whole Submit/OrchestrateOrionRequest (``{"orion": …}``),
-    or the engine's plain description (``orion validate``'s format)."""
-    if not isinstance(document, dict):
-        raise SystemExit("an orion file must hold a JSON object")
-    request = orchestrator_service_pb2.SubmitOrionRequest()
-    if "orion" in document:
-        json_format.ParseDict(document, request, ignore_unknown_fields=False)
-        return request
-    try:
-        json_format.ParseDict(document, request.orion)
-    except json_format.ParseError:
-        request.orion.CopyFrom(orion_to_pb(orion_from_spec(document)))
-    return request
+__all__ = ["TERMINAL_EVENTS", "add_commands", "event_line", "follow_orion", "submit_request"]
 
 
 # ---------------------------------------------------------------------- output
@@ -104,20 +82,48 @@ def _event_json(event: event_pb2.Event) -> str:
                       ensure_ascii=False)
 
 
-def _result_table(result: dict[str, Any]) -> str:
-    rows = [f"orion {result.get('orion_id', '')}: {str(result['status']).upper()} "
-            f"({result['total_tasks']} stars)"]
-    stats = result.get("statistics") or {}
-    if stats.get("task_status_counts"):
-        rows.append("  " + ", ".join(f"{k}: {v}" for k, v in stats["task_status_counts"].items()))
-    for task_id, error in (result.get("errors") or {}).items():
-        rows.append(f"  {task_id}: {error}")
-    return "\n".join(rows)
-
-
 # ---------------------------------------------------------------------- commands
+async def fetch_orion(client: OrionClient, orion_id: str) -> orion_pb2.TaskOrion | None:
+    """The orion as the server has it now (GetOrion), or None if it does not know it."""
+    try:
+        response = await client._call(client.manager.GetOrion,
+                                      manager_service_pb2.GetOrionRequest(orion_id=orion_id))
+    except NotFoundError:
+        return None
+    return response.orion  # type: ignore[no-any-return]
+
+
+async def follow_orion(client: OrionClient, orion_id: str, *, out: TextIO | None = None,
+                       live: bool | None = None, results: bool = False) -> OrionProgress:
+    """Show the progress of ``orion_id`` until it ends (its past events first), then the
+    summary. ``live`` (default: stdout is a terminal) redraws a table in place; otherwise one
+    line per star transition. Returns the model (``.result()`` is the final result)."""
+    out = out or sys.stdout
+    progress = OrionProgress(orion_id)
+    current = await fetch_orion(client, orion_id)
+    if current is not None:
+        progress.load(current, with_state=False)  # the events replayed below set the states
+    printer = ProgressPrinter(progress, out, live)
+
+    async def on_event(event: event_pb2.Event) -> None:
+        if event.type == event_pb2.EVENT_TYPE_ORION_MODIFIED:  # stars added or removed
+            latest = await fetch_orion(client, orion_id)
+            if latest is not None:
+                progress.load(latest, with_state=False)
+
+    await printer.run(client.watch_events(orion_id, include_history=True), on_event)
+    if progress.final is None:  # the stream cannot end without an error; be safe anyway
+        raise OrionError(f"the event stream of {orion_id} ended early", "STREAM_ENDED")
+    print(progress.summary(results=results), file=out, flush=True)
+    return progress
+
+
+def _exit_code(result: dict[str, Any] | None) -> int:
+    return EXIT_OK if result is not None and result["status"] == "completed" else EXIT_FAILED
+
+
 async def cmd_submit(args: argparse.Namespace) -> int:
-    request = submit_request(load_document(args.file))
+    request = submit_request(read_document(args.file))
     if args.strategy:
         request.assignment_strategy = orion_pb2.AssignmentStrategy.Value(
             f"ASSIGNMENT_STRATEGY_{args.strategy.upper()}")
@@ -131,21 +137,20 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             print(_dump({"orion_id": orion_id}) if args.json else orion_id)
             return EXIT_OK
-        if not args.json:
-            print(f"submitted {orion_id}: {len(response.orion.tasks)} stars", flush=True)
-        final = None
-        async for event in client.watch_events(orion_id, include_history=True):
-            if not args.json:
-                print(event_line(event), flush=True)
-            if event.type in TERMINAL_EVENTS:
-                final = event
-                break
-        if final is None:  # the stream cannot end without an error; be safe anyway
-            print(f"error: the event stream of {orion_id} ended early", file=sys.stderr)
-            return EXIT_ERROR
-        result = _result_of(final)
-    print(_dump(result) if args.json else _result_table(result))
-    return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+        if args.json:
+            result = None
+            async for event in client.watch_events(orion_id, include_history=True):
+                if event.type in TERMINAL_EVENTS:
+                    result = _result_of(event)
+                    break
+            if result is None:
+                print(f"error: the event stream of {orion_id} ended early", file=sys.stderr)
+                return EXIT_ERROR
+            print(_dump(result))
+            return _exit_code(result)
+        print(f"submitted {orion_id}: {len(response.orion.tasks)} stars", flush=True)
+        progress = await follow_orion(client, orion_id, results=args.results)
+    return _exit_code(progress.result())
 
 
 def _result_of(event: event_pb2.Event) -> dict[str, Any]:
@@ -191,7 +196,10 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 async def cmd_watch(args: argparse.Namespace) -> int:
     orion_id = args.orion or args.orion_id
     async with OrionClient(args.server, timeout=args.timeout) as client:
-        # With an orion named, replay its past events too (it may have started already).
+        if orion_id and not (args.json or args.events or args.resume_token):
+            progress = await follow_orion(client, orion_id, results=args.results)
+            return _exit_code(progress.result())
+        # The raw feed. With an orion named, replay its past events too (it may have started).
         async for event in client.watch_events(orion_id,
                                                include_history=(args.history or bool(orion_id))
                                                and not args.resume_token,
@@ -200,6 +208,34 @@ async def cmd_watch(args: argparse.Namespace) -> int:
             if orion_id and event.type in TERMINAL_EVENTS:
                 completed = event.type == event_pb2.EVENT_TYPE_ORION_COMPLETED
                 return EXIT_OK if completed else EXIT_FAILED
+    return EXIT_OK
+
+
+async def cmd_edit(args: argparse.Namespace) -> int:
+    request = edit_request(read_document(args.file), args.orion_id)
+    for task_id in args.on or []:
+        if task_id not in request.on_task_ids:
+            request.on_task_ids.append(task_id)
+    if args.validate_only:
+        request.validate_only = True
+    if args.expected_version is not None:
+        request.expected_version = args.expected_version
+    if args.request_id:
+        request.request_id = args.request_id
+    async with OrionClient(args.server, timeout=args.timeout) as client:
+        response = await client._call(client.synchronizer.EditOrion, request)
+    if args.json:
+        print(_dump(json_format.MessageToDict(response, preserving_proto_field_name=True)))
+        return EXIT_OK
+    verb = "would apply" if request.validate_only else "applied"
+    print(f"{verb} {len(request.operations)} edit(s) to {args.orion_id}: now version "
+          f"{response.orion.version}, {len(response.orion.tasks)} stars, "
+          f"{len(response.orion.dependencies)} lines")
+    for label, ids in (("added stars", response.created_task_ids),
+                       ("added lines", response.created_line_ids),
+                       ("acknowledged", response.acknowledged_task_ids)):
+        if ids:
+            print(f"  {label}: {', '.join(ids)}")
     return EXIT_OK
 
 
@@ -260,6 +296,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     submit.add_argument("--sync", action="store_true",
                         help="run under the synchronizer (a planner must acknowledge stars)")
     submit.add_argument("--request-id", help="idempotency key")
+    submit.add_argument("--results", action="store_true",
+                        help="with --wait: print each star's result at the end")
     _client_flags(submit)
 
     status = sub.add_parser("status", help="show an orion's status")
@@ -269,13 +307,43 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     devices = sub.add_parser("devices", help="list connected devices")
     _client_flags(devices)
 
-    watch = sub.add_parser("watch", help="stream events (of one orion, or all)")
+    watch = sub.add_parser(
+        "watch", help="live progress of an orion, or the raw event feed",
+        description="With ORION_ID: the orion's live progress (a progress bar and a per-star "
+                    "table redrawn in place on a terminal, one line per star transition "
+                    "otherwise), then a summary with the critical path; exits 0 only if it "
+                    "COMPLETED. Without: every event, as it happens.")
     watch.add_argument("orion_id", nargs="?", help="only this orion (ends when it ends)")
     watch.add_argument("--orion", help="same as the positional ORION_ID")
+    watch.add_argument("--events", action="store_true",
+                       help="with ORION_ID: print its raw events instead of the progress view")
+    watch.add_argument("--results", action="store_true",
+                       help="with ORION_ID: print each star's result at the end")
     watch.add_argument("--history", action="store_true",
                        help="start from the oldest retained event instead of now")
     watch.add_argument("--resume-token", help="resume after this event")
     _client_flags(watch)
+
+    edit = sub.add_parser(
+        "edit", help="edit a running orion (SynchronizerService.EditOrion)",
+        description="Apply an edit batch to an orion, atomically. FILE (YAML/JSON, '-' = "
+                    "stdin) is an EditOrionRequest in the proto JSON mapping, e.g. "
+                    '{"operations": [{"addTask": {"task": {"taskId": "x", "description": '
+                    '"..."}}}, {"addDependency": {"dependency": {"fromTaskId": "a", '
+                    '"toTaskId": "x"}}}], "onTaskIds": ["a"]}. Operations: addTask, '
+                    "removeTask, updateTask (task + updateMask), addDependency, "
+                    "removeDependency, updateDependency (dependency + updateMask).")
+    edit.add_argument("orion_id")
+    edit.add_argument("file", help="the edit batch ('-' = stdin)")
+    edit.add_argument("--on", action="append", metavar="TASK_ID",
+                      help="acknowledge this finished star for the synchronizer (repeatable; "
+                           "added to the file's onTaskIds)")
+    edit.add_argument("--validate-only", action="store_true",
+                      help="check the batch against the live orion, change nothing")
+    edit.add_argument("--expected-version", type=int,
+                      help="apply only if the orion is at this version (else ABORTED)")
+    edit.add_argument("--request-id", help="idempotency key")
+    _client_flags(edit)
 
     cancel = sub.add_parser("cancel", help="cancel a running orion")
     cancel.add_argument("orion_id")
@@ -287,6 +355,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
             args.server = args.server or default_target()
             try:
                 return int(asyncio.run(handler(args)))
+            except DocumentError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
             except OrionError as exc:
                 if getattr(args, "json", False):
                     print(_dump({"error": {"code": getattr(getattr(exc, "code", None), "name",
@@ -307,4 +378,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         return invoke
 
     return {"serve": cmd_serve, "submit": run(cmd_submit), "status": run(cmd_status),
-            "devices": run(cmd_devices), "watch": run(cmd_watch), "cancel": run(cmd_cancel)}
+            "devices": run(cmd_devices), "watch": run(cmd_watch), "cancel": run(cmd_cancel),
+            "edit": run(cmd_edit)}

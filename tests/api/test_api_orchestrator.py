@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-from importlib import resources
 
 import grpc
 import pytest
@@ -13,6 +11,7 @@ from api_support import EventWaiter, fleet
 
 from orion_grpc.api.convert import orion_to_pb
 from orion_grpc.client import RpcError
+from orion_grpc.client.files import load_orion
 from orion_grpc.core import (
     EventType,
     InvalidArgumentError,
@@ -22,7 +21,6 @@ from orion_grpc.core import (
     TaskStarLine,
     UnavailableError,
 )
-from orion_grpc.core.spec import orion_from_spec
 from orion_grpc.gen.orion.v1 import (
     manager_service_pb2,
     manager_service_pb2_grpc,
@@ -33,9 +31,15 @@ from orion_grpc.gen.orion.v1 import (
 )
 
 
-def example() -> dict:
-    return json.loads(resources.files("orion_grpc.examples")
-                      .joinpath("release_pipeline.json").read_text())
+def example() -> TaskOrion:
+    """The demo's orion (examples/release_pipeline.json, packaged)."""
+    from orion_grpc.demo import example_path
+    return load_orion(example_path())[0]
+
+
+def answer(lease):
+    """Results as the demo daemons give them: the star's task_data.result."""
+    return lease.task_data.get("result") or {"status": "ok", "task": lease.task_id, "n": 3}
 
 
 def chain(orion_id: str, *ids: str, device: str | None = "d1") -> TaskOrion:
@@ -48,18 +52,24 @@ def chain(orion_id: str, *ids: str, device: str | None = "d1") -> TaskOrion:
 
 
 async def test_orchestrate_runs_the_example_to_completion(server, client):
-    await fleet(server, "linux-1", device_type="linux", capabilities=["python"])
-    await fleet(server, "win-1", device_type="windows", capabilities=["msbuild"])
-    await fleet(server, "phone-1", device_type="android")
-    result = await client.orchestrate_orion(orion_from_spec(example()),
-                                            assignment_strategy="capability_match",
+    await fleet(server, "linux-1", device_type="linux", capabilities=["python", "docker"],
+                handler=answer)
+    await fleet(server, "win-1", device_type="windows", capabilities=["msbuild", "office"],
+                handler=answer)
+    await fleet(server, "phone-1", device_type="android", capabilities=["adb", "camera"],
+                handler=answer)
+    result = await client.orchestrate_orion(example(), assignment_strategy="capability_match",
                                             metadata={"requested_by": "test"})
-    assert result["status"] == "completed" and result["total_tasks"] == 8
-    assert result["results"]["fetch"] == {"status": "ok", "task": "fetch", "n": 3}
-    assert isinstance(result["results"]["fetch"]["n"], int)
-    assert result["statistics"]["task_status_counts"] == {"completed": 8}
+    assert result["status"] == "completed" and result["total_tasks"] == 10
+    assert result["results"]["unit_tests"] == {"status": "ok", "passed": 412, "failed": 0,
+                                               "coverage": 0.87}
+    assert isinstance(result["results"]["unit_tests"]["passed"], int)
+    assert result["results"]["coverage"] == {"status": "ok", "task": "coverage", "n": 3}
+    # The tests passed, so the conditional "triage" branch is skipped; the rest ran.
+    assert result["statistics"]["task_status_counts"] == {"completed": 9, "cancelled": 1}
     status = await client.get_orion_status("release_pipeline")
-    assert status["state"] == "completed" and len(status["completed_tasks"]) == 8
+    assert status["state"] == "completed" and len(status["completed_tasks"]) == 9
+    assert status["cancelled_tasks"] == ["triage"]
     assert status["metadata"] == {"requested_by": "test"}
 
 
