@@ -50,6 +50,7 @@ from .events import (
                              get_event_bus,
 )
 from .fake_device import FakeDevice
+from .hooks import TracerHooks
 from .manager import OrionManager
 from .orchestrator import TaskExecutionError, TaskOrionOrchestrator
 from .synchronizer import OrionModificationSynchronizer
@@ -68,6 +69,6 @@ __all__ = [
     "OrionError", "OrionEvent", "OrionManager", "OrionModificationSynchronizer", "OrionState",
     "RemoveDependency", "RemoveTask", "TaskEvent", "TaskExecutionError", "TaskFailure",
     "TaskOrion", "TaskOrionOrchestrator", "TaskPriority", "TaskStar", "TaskStarLine",
-    "TaskStatus", "UnavailableError", "UpdateDependency", "UpdateTask", "Violation",
+    "TaskStatus", "TracerHooks", "UnavailableError", "UpdateDependency", "UpdateTask", "Violation",
     "apply_edits", "compile_condition", "get_event_bus",
 ]

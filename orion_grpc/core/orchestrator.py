@@ -17,7 +17,13 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from .device_manager import REASON_DEVICE_DISCONNECTION, Lease, LeaseOutcome, OrionDeviceManager
+from .device_manager import (
+    REASON_CANCELLED,
+    REASON_DEVICE_DISCONNECTION,
+    Lease,
+    LeaseOutcome,
+    OrionDeviceManager,
+)
 from .enums import MODIFIABLE_STATUSES, OrionState, TaskStatus
 from .errors import (
     AlreadyExistsError,
@@ -33,6 +39,7 @@ from .task_orion import TaskOrion
 from .task_star import TaskFailure, TaskStar
 
 if TYPE_CHECKING:
+    from .hooks import TracerHooks
     from .synchronizer import OrionModificationSynchronizer
 
 logger = logging.getLogger(__name__)
@@ -73,6 +80,7 @@ class TaskOrionOrchestrator:
             orion_manager.set_device_manager(device_manager)
         self._runs: dict[str, _Run] = {}
         self._synchronizer: OrionModificationSynchronizer | None = None
+        self._tracer_hooks: TracerHooks | None = None
         self.max_concurrent_tasks = max_concurrent_tasks
         self.retry_backoff_base = retry_backoff_base
         self.retry_backoff_max = retry_backoff_max
@@ -89,6 +97,17 @@ class TaskOrionOrchestrator:
         self._event_bus.subscribe(synchronizer)  # idempotent; it must see task completions
         if self._logger:
             self._logger.info("Modification synchronizer attached to orchestrator")
+
+    def set_tracer_hooks(self, hooks: TracerHooks | None) -> None:
+        """Let ``hooks`` watch every orion this orchestrator runs from now on (None: stop).
+
+        See ``orion_grpc.core.hooks``; ``orion_grpc.observability`` has the OpenTelemetry ones.
+        """
+        self._tracer_hooks = hooks
+
+    @property
+    def tracer_hooks(self) -> TracerHooks | None:
+        return self._tracer_hooks
 
     @property
     def device_manager(self) -> OrionDeviceManager | None:
@@ -310,6 +329,7 @@ class _Run:
         self.finished = asyncio.Event()
         self.cancelled = False
         self.cancel_reason = ""
+        self.hooks = orch._tracer_hooks  # fixed for the whole run
 
     # ------------------------------------------------------------------ main loop
     async def execute(self) -> dict[str, Any]:
@@ -329,7 +349,10 @@ class _Run:
         wake = self.wake.set
         dm.add_capacity_listener(self._on_capacity)
         orion.add_change_listener(wake)
+        hooks = self.hooks
         try:
+            if hooks is not None:
+                self._call_hook(hooks.on_orion_start, orion)
             while not self.cancelled:
                 # Clear before the work, not after it: a wake-up raised by the work itself
                 # (e.g. _pump moving stars to a device it has already passed) must not be lost.
@@ -359,6 +382,8 @@ class _Run:
             if self.cancelled:
                 self._cancel_everything()
             orion.complete_execution()
+            if hooks is not None:
+                self._call_hook(hooks.on_orion_end, orion, orion.state)
             self.finished.set()
         return self._finish()
 
@@ -427,10 +452,13 @@ class _Run:
 
     def _dispatch(self, task: TaskStar) -> None:
         task.start_execution()
+        hooks = self.hooks
+        trace_context = None if hooks is None else \
+            self._call_hook(hooks.on_dispatch, self.orion, task, task.current_retry)
         lease = self.dm.start_lease(
             task.target_device_id, task.task_id, task.to_request_string(), task._task_data,
             task.timeout, self._on_lease_done, orion_id=self.orion.orion_id,
-            attempt=task.current_retry)
+            attempt=task.current_retry, trace_context=trace_context)
         self.leases[task.task_id] = lease
         self.orch._publish_task(EventType.TASK_STARTED, task, self.orion,
                                 {"lease_id": lease.lease_id})
@@ -447,6 +475,9 @@ class _Run:
         self.wake.set()
         orion, orch = self.orion, self.orch
         task = orion._tasks.get(lease.task_id)
+        hooks = self.hooks
+        if hooks is not None and task is not None:
+            self._call_hook(hooks.on_attempt_end, orion, task, lease, outcome)
         if task is None or task._status is not TaskStatus.RUNNING:
             return
         if outcome.success:
@@ -544,11 +575,26 @@ class _Run:
                 sync.clear_pending_modifications()  # the loop may be waiting for the planner
 
     def _cancel_everything(self) -> None:
+        hooks = self.hooks
         for lease in list(self.leases.values()):
             self.dm.cancel_lease(lease.lease_id, self.cancel_reason)
+            task = self.orion._tasks.get(lease.task_id)
+            if hooks is not None and task is not None:  # cancel_lease does not call on_done
+                self._call_hook(hooks.on_attempt_end, self.orion, task, lease, LeaseOutcome(
+                    False, error=self.cancel_reason, reason=REASON_CANCELLED))
         self.leases.clear()
         for task in self.orion.cancel_all(self.cancel_reason):
             self.orch._publish_task(EventType.TASK_CANCELLED, task, self.orion)
+
+    # ------------------------------------------------------------------ tracer hooks
+    def _call_hook(self, hook: Any, *args: Any) -> Any:
+        """Call a tracer hook; a failing tracer is logged, never allowed to break the run."""
+        try:
+            return hook(*args)
+        except Exception:
+            logger.exception("tracer hook %s failed (orion %s)",
+                             getattr(hook, "__name__", hook), self.orion.orion_id)
+            return None
 
     # ------------------------------------------------------------------ result
     def _finish(self) -> dict[str, Any]:
