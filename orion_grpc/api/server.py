@@ -6,6 +6,10 @@ Manager, Synchronizer and Event services over one ``OrionEngine``, plus the Devi
 ``orion_grpc.api.device_service`` is installed, gRPC health (overall ``""`` and per service)
 and server reflection v1 + v1alpha.
 
+Tracing (OpenTelemetry) is off unless ``OTEL_TRACES_EXPORTER`` asks for it (``serve`` reads
+the ``OTEL_*`` variables through ``server_from_env``; see ``orion_grpc.observability.tracing``
+and docs/operations.md). When off, no interceptor and no engine hooks are installed.
+
 Shutdown (SIGINT/SIGTERM under ``serve``; ``OrionServer.stop`` otherwise): health goes
 NOT_SERVING, devices are told goodbye, watch streams end with UNAVAILABLE and a resume
 token, the engine cancels what still runs, then the server stops with ``grace`` seconds for
@@ -40,6 +44,7 @@ from ..gen.orion.v1 import (
     synchronizer_service_pb2,
     synchronizer_service_pb2_grpc,
 )
+from ..observability.tracing import Tracing
 from .event_log import EventLog
 from .event_service import EventServicer
 from .manager_service import ManagerServicer
@@ -224,11 +229,18 @@ FAKE_FLEET = [("linux", ["python", "docker"]), ("windows", ["msbuild", "office"]
 
 
 class OrionServer:
-    """One gRPC server over one engine. ``await start()`` returns the bound port."""
+    """One gRPC server over one engine. ``await start()`` returns the bound port.
 
-    def __init__(self, config: ServerConfig | None = None, engine: OrionEngine | None = None
-                 ) -> None:
+    :param tracing: trace RPCs, orions and stars with it (a span per RPC via a server
+        interceptor, engine hooks for the rest); None (the default) installs neither. The
+        caller owns it (``tracing.shutdown()``); ``server_from_env`` builds one from ``OTEL_*``.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, engine: OrionEngine | None = None,
+                 *, tracing: Tracing | None = None) -> None:
         self.config = config or ServerConfig()
+        self.tracing = tracing
+        self.interceptors: list[grpc.aio.ServerInterceptor] = []
         self._engine = engine
         self._server: grpc.aio.Server | None = None
         self._state: ApiState | None = None
@@ -272,7 +284,11 @@ class OrionServer:
         engine.bus.subscribe(events)
         self._state = state = ApiState(engine, events, IdempotencyCache())
 
-        server = grpc.aio.server(options=config.server_options())
+        if self.tracing is not None:
+            self.interceptors = [self.tracing.server_interceptor()]
+            engine.orchestrator.set_tracer_hooks(self.tracing.hooks())
+        server = grpc.aio.server(interceptors=self.interceptors or None,
+                                 options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(state), server)
         manager_service_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(state),
@@ -346,9 +362,25 @@ class OrionServer:
             await self._server.wait_for_termination()
 
 
+def server_from_env(config: ServerConfig, env: Mapping[str, str] | None = None) -> OrionServer:
+    """The server ``orion serve`` runs: ``config`` plus tracing as the ``OTEL_*`` variables say
+    (off by default). Raises ``TracingConfigError`` (a ValueError) for a bad tracing setup."""
+    return OrionServer(config, tracing=Tracing.from_env("orion-server", env))
+
+
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGINT/SIGTERM; the first line printed is ``listening on H:P``."""
-    server = OrionServer(config)
+    server = server_from_env(config)
+    if server.tracing is not None:
+        server.tracing.set_global()
+    try:
+        await _serve(server, config)
+    finally:
+        if server.tracing is not None:
+            server.tracing.shutdown()  # flush the spans still batched
+
+
+async def _serve(server: OrionServer, config: ServerConfig) -> None:
     port = await server.start()
     print(f"listening on {config.host}:{port}", flush=True)
     stop = asyncio.Event()

@@ -249,6 +249,7 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..api.server import ServerConfig, serve
+    from ..observability.tracing import TracingConfigError
 
     try:
         config = ServerConfig.from_sources(args)
@@ -259,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(config))
-    except OSError as exc:
+    except (OSError, TracingConfigError) as exc:  # e.g. port in use; OTEL_* asks the impossible
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK

@@ -151,6 +151,9 @@ class DeviceAgent:
     :param send_progress: stream executors' progress reports to the server.
     :param backoff_initial / backoff_max: reconnect delay bounds (seconds); the delay after
         the n-th consecutive failure is uniform in [0, min(max, initial * 2**(n-1))].
+    :param tracer: an OpenTelemetry tracer: each assignment then runs in a ``device.execute``
+        span, child of the star's span whose context the assignment carries (``orion device``
+        passes one when ``OTEL_TRACES_EXPORTER`` asks for tracing). None: no spans at all.
     """
 
     def __init__(self, target: str, device_id: str, device_type: str | None = None,
@@ -160,7 +163,8 @@ class DeviceAgent:
                  system_info_extra: Mapping[str, Any] | None = None, send_progress: bool = True,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  channel_options: Sequence[tuple[str, Any]] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 tracer: Any = None) -> None:
         if not device_id.strip():
             raise ValueError("device_id must be a non-empty string")
         if capacity < 1:
@@ -188,6 +192,7 @@ class DeviceAgent:
         self.channel_options = list(channel_options if channel_options is not None
                                     else DEFAULT_CHANNEL_OPTIONS)
         self.credentials = credentials
+        self.tracer = tracer  # opentelemetry.trace.Tracer | None
 
         self._running: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[str, pb.TaskResult] = {}  # results until the server acks them
@@ -522,7 +527,8 @@ class DeviceAgent:
         result = pb.TaskResult(lease_id=assignment.lease_id, task_id=assignment.task_id,
                                attempt=assignment.attempt)
         try:
-            async with _span(assignment):
+            async with contextlib.nullcontext() if self.tracer is None else \
+                    _span(assignment, self.tracer):
                 async with asyncio.timeout(assignment.timeout):
                     value = await executor(assignment)
             try:
@@ -574,27 +580,42 @@ class DeviceAgent:
 
 
 class _span(contextlib.AbstractAsyncContextManager[None]):
-    """An OpenTelemetry span for the assignment, child of the orion's trace (if any)."""
+    """The ``device.execute`` span of an assignment (current while the executor runs), child of
+    the star's span whose W3C context the assignment carries."""
 
-    def __init__(self, assignment: Assignment) -> None:
+    def __init__(self, assignment: Assignment, tracer: Any) -> None:
         self._assignment = assignment
-        self._cm: Any = None
+        self._tracer = tracer
+        self._span: Any = None
+        self._current: Any = None
 
     async def __aenter__(self) -> None:
-        try:
-            from opentelemetry import propagate, trace
-        except ImportError:  # pragma: no cover
-            return
+        from opentelemetry import propagate, trace
+
         a = self._assignment
         parent = propagate.extract(dict(a.trace_context)) if a.trace_context else None
-        self._cm = trace.get_tracer("orion_grpc.device").start_as_current_span(
-            "orion.device.execute", context=parent, attributes={
-                "orion.lease_id": a.lease_id, "orion.task_id": a.task_id,
-                "orion.orion_id": a.orion_id, "orion.attempt": a.attempt,
-                "orion.device_id": a.device_id})
-        self._cm.__enter__()
+        self._span = self._tracer.start_span(
+            "device.execute", context=parent, kind=trace.SpanKind.SERVER, attributes={
+                "device.id": a.device_id, "star.id": a.task_id, "orion.id": a.orion_id,
+                "lease.id": a.lease_id, "star.attempt": a.attempt})
+        self._current = trace.use_span(self._span, end_on_exit=False, record_exception=False,
+                                       set_status_on_exception=False)
+        self._current.__enter__()
 
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        from opentelemetry.trace import Status, StatusCode
 
+        span = self._span
+        if exc is None:
+            span.set_attribute("star.outcome", "completed")
+        elif isinstance(exc, asyncio.CancelledError):
+            span.set_attribute("star.outcome", "cancelled")  # by the server, or shutdown
+        else:
+            timed_out = isinstance(exc, TimeoutError)
+            span.set_attributes({"star.outcome": "failed",
+                                 "star.reason": "timeout" if timed_out else "task_error"})
+            if not isinstance(exc, TimeoutError | ExecutorError):  # a bug: keep the traceback
+                span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, (str(exc) or type(exc).__name__)[:500]))
+        self._current.__exit__(kind, exc, tb)
+        span.end()
