@@ -6,7 +6,8 @@
 Prints ``device ID connected to H:P (session S)`` on stdout each time a session is welcomed;
 logs go to stderr. SIGINT/SIGTERM drain and stop gracefully (a second signal stops at
 once). Exit status: 0 after a graceful stop, 3 when the server refused the device or another
-session took over its id, 2 on bad arguments.
+session took over its id, 2 on bad arguments. Tracing: OTEL_TRACES_EXPORTER=console|otlp
+runs each assignment in a device.execute span of the orion's trace (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -156,12 +157,22 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Entry point behind ``orion device``."""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..observability.tracing import Tracing
+
     try:
         agent = agent_from_args(args)
+        tracing = Tracing.from_env("orion-device")  # OTEL_TRACES_EXPORTER; None: off
     except (ValueError, ImportError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(agent, args.drain_timeout))
+    if tracing is None:
+        return asyncio.run(_serve(agent, args.drain_timeout))
+    tracing.set_global()
+    agent.tracer = tracing.tracer  # each assignment runs in a device.execute span
+    try:
+        return asyncio.run(_serve(agent, args.drain_timeout))
+    finally:
+        tracing.shutdown()  # flush what is still batched
 
 
 def main(argv: list[str] | None = None) -> int:
