@@ -187,7 +187,9 @@ async def test_the_rpc_span_continues_the_callers_trace_and_records_the_status_c
     (listed,) = exporter.named("orion.v1.OrchestratorService/GetAvailableDevices")
     assert listed.context.trace_id == caller.get_span_context().trace_id
     assert listed.parent.span_id == caller.get_span_context().span_id
-    (status,) = exporter.named("orion.v1.OrchestratorService/GetOrionStatus")
+    # context.abort sends the status before it raises: the span ends just after the client
+    # has the error, so wait for it.
+    status = await exporter.wait_for("orion.v1.OrchestratorService/GetOrionStatus")
     assert status.parent is None
     assert status.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     # NOT_FOUND is the caller's mistake, not a server error (OpenTelemetry RPC conventions).
