@@ -44,7 +44,7 @@ from ..core.device_manager import REASON_CANCELLED, Lease, LeaseOutcome
 from ..core.enums import OrionState, TaskStatus
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from ..core.task_orion import TaskOrion
@@ -129,7 +129,7 @@ class Tracing:
             SimpleSpanProcessor,
         )
 
-        processors = []
+        processors: list[SpanProcessor] = []
         for name in names:
             if name == "console":
                 # Simple (not batched): each span is a line on stdout as soon as it ends.
@@ -309,11 +309,11 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED
+            return handler  # type: ignore[return-value]  # unknown method: UNIMPLEMENTED
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
         name = method.lstrip("/")
