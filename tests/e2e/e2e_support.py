@@ -1,14 +1,18 @@
-"""Run ``orion serve`` (and other ``orion`` commands) as real processes for e2e tests."""
+"""Run ``orion serve``, device daemons and other ``orion`` commands as real processes for e2e
+tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +73,195 @@ def run_cli(*args: str, timeout: float = 30.0, stdin: str | None = None
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(orion_command(*args), capture_output=True, text=True, cwd=ROOT,
                           env=child_env(), timeout=timeout, input=stdin)
+
+
+# ---------------------------------------------------------------------- device daemons
+WAIT = 15.0  # upper bound of any single wait (never reached when things work)
+
+
+class Child:
+    """A process whose stdout and stderr are read as they come and kept: ``wait_for_line``
+    waits for a line to appear (no polling); ``stdout()`` / ``stderr()`` so far."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._waiters: list[tuple[str, str, asyncio.Future[str]]] = []
+        self._readers = [asyncio.create_task(self._read(stream_name, stream))
+                         for stream_name, stream in (("stdout", proc.stdout),
+                                                     ("stderr", proc.stderr))]
+
+    @staticmethod
+    async def _spawn(argv: list[str], env: dict[str, str] | None = None
+                     ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**child_env(), **(env or {})})
+
+    @classmethod
+    async def cli(cls, *args: str) -> Child:
+        """``orion ARGS``, running alongside the test."""
+        return Child(await cls._spawn(orion_command(*args)), f"orion {args[0]}")
+
+    async def _read(self, name: str, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        while raw := await stream.readline():
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines[name].append(line)
+            for waiter in list(self._waiters):
+                if waiter[0] == name and waiter[1] in line and not waiter[2].done():
+                    waiter[2].set_result(line)
+
+    async def wait_for_line(self, text: str, stream: str = "stderr",
+                            timeout: float = WAIT) -> str:
+        """The first line of ``stream`` containing ``text`` (seen already, or to come)."""
+        for line in self.lines[stream]:
+            if text in line:
+                return line
+        waiter = (stream, text, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter[2], timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.name}: no {stream} line with {text!r} within "
+                                 f"{timeout:g}s; stdout:\n{self.stdout()}\nstderr:\n"
+                                 f"{self.stderr()}") from None
+        finally:
+            self._waiters.remove(waiter)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def terminate(self) -> int:
+        """SIGTERM and the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        return await self.exit_code()
+
+    async def exit_code(self, timeout: float = WAIT) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(*self._readers)  # every line read
+        return code
+
+    def stdout(self) -> str:
+        return "\n".join(self.lines["stdout"])
+
+    def stderr(self) -> str:
+        return "\n".join(self.lines["stderr"])
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.kill()
+        await self.proc.wait()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+class Daemon(Child):
+    """One device daemon, ``python -m orion_grpc.device``, in its own process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, device_id: str) -> None:
+        super().__init__(proc, f"device {device_id}")
+        self.device_id = device_id
+
+    @classmethod
+    async def start(cls, target: str, device_id: str, *args: str,
+                    env: dict[str, str] | None = None) -> Daemon:
+        return cls(await cls._spawn([sys.executable, "-m", "orion_grpc.device", "--server",
+                                     target, "--id", device_id, *args], env), device_id)
+
+    async def connected(self, timeout: float = WAIT) -> str:
+        """Its ``device ID connected to …`` line (the first session)."""
+        return await self.wait_for_line(f"device {self.device_id} connected", "stdout", timeout)
+
+
+async def run_cli_async(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` without blocking the event loop (for commands that run alongside a test)."""
+    proc = await asyncio.create_subprocess_exec(
+        *orion_command(*args), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env=child_env())
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"orion {' '.join(args)} did not finish within {timeout:g}s:\n"
+                             f"{out.decode()}\n{err.decode()}") from None
+    return subprocess.CompletedProcess(list(args), proc.returncode or 0,
+                                       out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+# ---------------------------------------------------------------------- a server's events
+class EventFeed:
+    """A server's event feed (WatchEvents from the oldest retained event), read in the
+    background. ``await feed.wait_for("TASK_RETRYING", task_id="job")`` returns the first
+    matching event, seen already or to come; fields are Event attributes (``task_id``,
+    ``device_id``, ``orion_id``) or keys of ``Event.data``."""
+
+    def __init__(self, client: Any, **watch: Any) -> None:
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future[Any]]] = []
+        self._task = asyncio.create_task(self._run(client, watch))
+
+    async def _run(self, client: Any, watch: dict[str, Any]) -> None:
+        try:
+            async for event in client.watch_events(include_history=True, **watch):
+                self.events.append(event)
+                for predicate, fut in list(self._waiters):
+                    if not fut.done() and predicate(event):
+                        fut.set_result(event)
+        except Exception as exc:  # the stream ended with a status: tests may expect it
+            self.error = exc
+            for _, fut in self._waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    @staticmethod
+    def _matcher(kind: str, fields: dict[str, Any]) -> Callable[[Any], bool]:
+        from google.protobuf import json_format
+
+        from orion_grpc.gen.orion.v1 import event_pb2
+
+        wanted = event_pb2.EventType.Value(f"EVENT_TYPE_{kind}")
+
+        def match(event: Any) -> bool:
+            if event.type != wanted:
+                return False
+            data = json_format.MessageToDict(event.data) if fields else {}
+            return all((getattr(event, k) if k in ("task_id", "device_id", "orion_id")
+                        else data.get(k)) == v for k, v in fields.items())
+        return match
+
+    def of(self, kind: str, **fields: Any) -> list[Any]:
+        match = self._matcher(kind, fields)
+        return [e for e in self.events if match(e)]
+
+    async def wait_for(self, kind: str, timeout: float = WAIT, **fields: Any) -> Any:
+        found = self.of(kind, **fields)
+        if found:
+            return found[0]
+        if self.error is not None:
+            raise self.error
+        entry = (self._matcher(kind, fields), asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(entry[1], timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {kind} event with {fields} within {timeout:g}s; got: "
+                                 + ", ".join(f"{e.type}/{e.task_id or e.device_id}"
+                                             for e in self.events[-20:])) from None
+        finally:
+            self._waiters.remove(entry)
+
+    async def ended(self, timeout: float = WAIT) -> BaseException | None:
+        """Wait for the stream to end; returns the error it ended with."""
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        return self.error
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,14 +1,14 @@
 """Device daemons as real processes (``python -m orion_grpc.device``) against a real server.
 
 The server (an ``OrionEngine`` behind ``DeviceService``) runs in the test's event loop on a
-free loopback port; the daemons are subprocesses, killed or stopped like in production.
+free loopback port; the daemons are subprocesses (``e2e_support.Daemon``), killed or stopped
+like in production. ``test_fleet.py`` has the server as a process too.
 Waits are on engine events / sessions / process exit, with timeouts — never sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from e2e_support import Daemon
 
 from orion_grpc.api.device_service import DEVICE_SERVER_OPTIONS, DeviceLinkConfig, add_device_service
 from orion_grpc.core import (
@@ -35,7 +36,6 @@ from orion_grpc.device import DeviceAgent
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 WAIT = 15.0
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Events(IEventObserver):
@@ -73,29 +73,6 @@ class Events(IEventObserver):
             self._waiters.remove(entry)
 
 
-class Daemon:
-    """One ``python -m orion_grpc.device`` process."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, device_id: str, log: Path) -> None:
-        self.proc = proc
-        self.device_id = device_id
-        self.log = log
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def terminate(self) -> int:
-        """SIGTERM (graceful drain) and the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return await self.exit_code()
-
-    async def exit_code(self) -> int:
-        return await asyncio.wait_for(self.proc.wait(), WAIT)
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 class Cluster:
     def __init__(self, engine: OrionEngine, servicer: Any, port: int, tmp: Path) -> None:
         self.engine = engine
@@ -108,14 +85,8 @@ class Cluster:
         self.agents: list[DeviceAgent] = []
 
     async def daemon(self, device_id: str, *args: str, wait: bool = True) -> Daemon:
-        log = self.tmp / f"{device_id}-{len(self.daemons)}.log"
-        with log.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "orion_grpc.device", "--server", self.target,
-                "--id", device_id, "--backoff-max", "0.2", "--log-level", "INFO", *args,
-                stdout=asyncio.subprocess.DEVNULL, stderr=err, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        daemon = Daemon(proc, device_id, log)
+        daemon = await Daemon.start(self.target, device_id, "--backoff-max", "0.2",
+                                    "--log-level", "INFO", *args)
         self.daemons.append(daemon)
         if wait:
             await self.connected(device_id)
@@ -126,9 +97,7 @@ class Cluster:
 
     async def close(self) -> None:
         for daemon in self.daemons:
-            if daemon.proc.returncode is None:
-                daemon.kill()
-                await daemon.proc.wait()
+            await daemon.close()
         await asyncio.gather(*(a.stop(timeout=0.5) for a in self.agents), return_exceptions=True)
 
 
