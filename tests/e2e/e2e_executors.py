@@ -7,7 +7,7 @@ import socket
 import sys
 from typing import Any
 
-from orion_grpc.device import Assignment
+from orion_grpc.device import Assignment, ExecutorError
 
 
 async def hold(assignment: Assignment) -> Any:
@@ -31,3 +31,10 @@ async def freeze(assignment: Assignment) -> Any:
         with socket.create_connection((host, int(port))) as sock:
             sock.recv(1)  # blocking on purpose
     return {"status": "ok", "attempt": assignment.attempt, "device_id": assignment.device_id}
+
+
+async def flaky(assignment: Assignment) -> Any:
+    """Fails a star's first attempt when its ``task_data.flaky`` is set; answers otherwise."""
+    if assignment.task_data.get("flaky") and assignment.attempt == 1:
+        raise ExecutorError("first attempt fails")
+    return {"status": "ok", "star": assignment.task_id}

@@ -8,14 +8,13 @@ with ``OTEL_TRACES_EXPORTER=console``) prints its spans on stdout. The daemon's
 
 from __future__ import annotations
 
-import asyncio
+import os
 import re
-import signal
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from e2e_support import ROOT, child_env, orion_command
+from e2e_support import ROOT, WAIT, Daemon, child_env, orion_command
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orion_grpc.api.server import OrionServer, ServerConfig
@@ -25,17 +24,8 @@ from orion_grpc.observability import Tracing, format_trace_tree, parse_console_s
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-WAIT = 20.0
-
-# A device plugin: a star's first attempt fails when its task_data says "flaky".
-FLAKY_PLUGIN = '''
-from orion_grpc.device import ExecutorError
-
-async def flaky(assignment):
-    if assignment.task_data.get("flaky") and assignment.attempt == 1:
-        raise ExecutorError("first attempt fails")
-    return {"status": "ok", "star": assignment.task_id}
-'''
+# The daemon finds e2e_executors.flaky (a star's first attempt fails when it says "flaky").
+PLUGINS = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "e2e")])}
 
 
 def release_orion() -> TaskOrion:
@@ -64,32 +54,25 @@ def documented_tree() -> str:
     return block.split("```", 2)[1].removeprefix("text").strip("\n")
 
 
-async def test_a_device_process_joins_the_orion_trace(tmp_path: Path) -> None:
+async def test_a_device_process_joins_the_orion_trace() -> None:
     exporter = InMemorySpanExporter()
     tracing = Tracing.to_exporter(exporter)
     server = OrionServer(ServerConfig(port=0, grace=0.5, retry_backoff_base=0.0),
                          tracing=tracing)
     await server.start()
-    (tmp_path / "flaky_plugin.py").write_text(FLAKY_PLUGIN)
-    out, err = tmp_path / "device.out", tmp_path / "device.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        daemon = await asyncio.create_subprocess_exec(
-            *orion_command("device", "--server", server.target, "--id", "builder-1",
-                           "--plugin", "flaky=flaky_plugin:flaky", "--executor", "flaky",
-                           "--backoff-max", "0.2"),
-            stdout=stdout, stderr=stderr, cwd=tmp_path,
-            env=child_env(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="orion-device"))
+    daemon = await Daemon.start(server.target, "builder-1", "--plugin", "flaky=e2e_executors:flaky",
+                                "--executor", "flaky", "--backoff-max", "0.2",
+                                env={**PLUGINS, "OTEL_TRACES_EXPORTER": "console",
+                                     "OTEL_SERVICE_NAME": "orion-device"})
     try:
-        await server.device_service.wait_for_session("builder-1", timeout=WAIT)
+        await daemon.connected()
         async with OrionClient(server.target, timeout=WAIT) as client:
             result = await client.orchestrate_orion(release_orion(), timeout=WAIT)
         assert result["status"] == "completed", result["errors"]
-        daemon.send_signal(signal.SIGTERM)  # graceful: the daemon flushes its exporter
-        assert await asyncio.wait_for(daemon.wait(), WAIT) == 0, err.read_text()
+        # Graceful stop: the daemon flushes its exporter; every line of stdout is read.
+        assert await daemon.terminate() == 0, daemon.stderr()
     finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
+        await daemon.close()
         await server.stop(0)
 
     server_spans = [s for s in exporter.get_finished_spans()
@@ -100,8 +83,8 @@ async def test_a_device_process_joins_the_orion_trace(tmp_path: Path) -> None:
                 for s in server_spans if s.name == "star.attempt"}
     assert sorted(attempts) == [("build", 1), ("ship", 1), ("test", 1), ("test", 2)]
 
-    device_spans = parse_console_spans(out.read_text())
-    assert len(device_spans) == 4, out.read_text()
+    device_spans = parse_console_spans(daemon.stdout())
+    assert len(device_spans) == 4, daemon.stdout()
     for span in device_spans:
         assert span["name"] == "device.execute"
         assert span["resource"]["attributes"]["service.name"] == "orion-device"
@@ -122,8 +105,6 @@ async def test_a_device_process_joins_the_orion_trace(tmp_path: Path) -> None:
 
 
 def test_the_daemon_refuses_to_start_with_a_bad_tracing_setup() -> None:
-    import subprocess
-
     done = subprocess.run(orion_command("device", "--server", "127.0.0.1:1", "--id", "x"),
                           capture_output=True, text=True, cwd=ROOT, timeout=WAIT,
                           env=child_env(OTEL_TRACES_EXPORTER="zipkin"))
