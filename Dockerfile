@@ -11,7 +11,8 @@ WORKDIR /src
 RUN python -m venv /opt/orion
 COPY pyproject.toml README.md ./
 COPY orion_grpc ./orion_grpc
-RUN /opt/orion/bin/pip install --no-cache-dir .
+# [otlp]: OTEL_TRACES_EXPORTER=otlp works in the container (tracing stays off by default).
+RUN /opt/orion/bin/pip install --no-cache-dir ".[otlp]"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin orion \

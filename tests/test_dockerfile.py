@@ -43,7 +43,9 @@ def test_runs_as_non_root_with_healthcheck_entrypoint_and_volume() -> None:
 def test_install_and_entrypoint_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
     venv = tmp_path / "opt-orion"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)]
+    install = next(r for r in _instructions("RUN") if "pip install" in r)
+    spec = install.split()[-1].strip('"').replace(".", str(ROOT), 1)  # ".[otlp]" -> ROOT[otlp]
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet", spec]
     subprocess.run(pip, check=True, timeout=540)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
     for assignment in _instructions("ENV")[0].split():
@@ -62,6 +64,9 @@ def test_install_and_entrypoint_steps_work_in_a_fresh_venv(tmp_path: Path) -> No
         check_env = {**env, "ORION_PORT": match.group(2)}
         healthcheck = [str(venv / "bin" / health[0]), *health[1:]]
         assert subprocess.run(healthcheck, timeout=30, env=check_env).returncode == 0
+        exporter = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                   "import opentelemetry.exporter.otlp.proto.grpc"], timeout=60)
+        assert exporter.returncode == 0  # the image can export traces over OTLP
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
