@@ -290,6 +290,7 @@ async def run_demo(path: str | None, *, latency: float | None = None, flaky: boo
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     say(f"orion demo: a server and {len(DEMO_FLEET)} device daemons, each its own process, "
         "on loopback (Ctrl-C stops them all)")
+    outcome: int | None = None
     fleet = LocalFleet(DEMO_FLEET, server_args=["--retry-backoff-base", "0.2", "--grace", "1"],
                        device_args=["--plugin", DEMO_PLUGIN, "--drain-timeout", "2",
                                     "--backoff-max", "1"])
@@ -309,12 +310,17 @@ async def run_demo(path: str | None, *, latency: float | None = None, flaky: boo
             progress = await follow_orion(client, response.orion_id, out=out, live=live,
                                           results=True)
         result = progress.result()
+        outcome = 0 if result is not None and result["status"] == "completed" else 1
         if keep:
             say(f"\nthe fleet keeps running: export ORION_SERVER={fleet.target}, then try "
-                "'orion devices', 'orion status', 'orion demo --help'. Ctrl-C stops it.")
+                "'orion devices', 'orion submit examples/expense_report.yaml --wait', "
+                "'orion watch --history'. Ctrl-C stops it.")
             await asyncio.Event().wait()
-        return 0 if result is not None and result["status"] == "completed" else 1
+        return outcome
     except asyncio.CancelledError:
+        if keep and outcome is not None:  # the orion ran; stopping the fleet was the plan
+            say("\nstopping the fleet")
+            return outcome
         say("\ninterrupted: stopping the fleet")
         if terminated:
             return 143
