@@ -382,7 +382,6 @@ async def serve(config: ServerConfig) -> None:
 
 async def _serve(server: OrionServer, config: ServerConfig) -> None:
     port = await server.start()
-    print(f"listening on {config.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -395,11 +394,16 @@ async def _serve(server: OrionServer, config: ServerConfig) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    # Only now say we listen: whoever reads this line may signal us at once.
+    print(f"listening on {config.host}:{port}", flush=True)
     try:
         await stop.wait()
         await server.stop()  # handlers stay: a second signal does not cut the shutdown short
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            # Shutdown has begun: a late repeat of the signal must not kill the process
+            # (with the default action) while it finishes stopping and flushing.
+            signal.signal(sig, signal.SIG_IGN)
         await server.stop()
     print("server stopped", flush=True)
