@@ -25,7 +25,7 @@ from .convert import (
     utilization_to_pb,
 )
 from .errors import rpc_errors
-from .orchestrator_service import available_devices, get_status
+from .orchestrator_service import fill_available_devices, get_status
 from .state import ApiState, require
 from .support import paginate
 
@@ -191,14 +191,8 @@ class ManagerServicer(pb_grpc.ManagerServiceServicer):
     async def GetAvailableDevices(self, request: pb.ManagerServiceGetAvailableDevicesRequest,
                                   context: grpc.aio.ServicerContext
                                   ) -> pb.ManagerServiceGetAvailableDevicesResponse:
-        infos = available_devices(self.state,
-                                  await self.state.engine.manager.get_available_devices())
-        page, token = paginate(infos, lambda d: d.device_id, request.page_size,
-                               request.page_token, "devices")
-        response = pb.ManagerServiceGetAvailableDevicesResponse(next_page_token=token)
-        for info in page:
-            device_to_pb(info, response.devices.add())
-        return response
+        return await fill_available_devices(self.state, request.page_size, request.page_token,
+                                            pb.ManagerServiceGetAvailableDevicesResponse())
 
     @rpc_errors
     async def GetDeviceUtilization(self, request: pb.GetDeviceUtilizationRequest,

@@ -57,6 +57,17 @@ def available_devices(state: ApiState, devices: list[dict[str, Any]]) -> list[An
     return infos
 
 
+async def fill_available_devices(state: ApiState, page_size: int, page_token: str,
+                                 response: Any) -> Any:
+    """One page of online devices into ``response`` (both services' GetAvailableDevices)."""
+    infos = available_devices(state, await state.engine.manager.get_available_devices())
+    page, token = paginate(infos, lambda d: d.device_id, page_size, page_token, "devices")
+    response.next_page_token = token
+    for info in page:
+        device_to_pb(info, response.devices.add())
+    return response
+
+
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     def __init__(self, state: ApiState) -> None:
         self.state = state
@@ -138,14 +149,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def GetAvailableDevices(self, request: pb.OrchestratorServiceGetAvailableDevicesRequest,
                                   context: grpc.aio.ServicerContext
                                   ) -> pb.OrchestratorServiceGetAvailableDevicesResponse:
-        infos = available_devices(self.state,
-                                  await self.state.engine.orchestrator.get_available_devices())
-        page, token = paginate(infos, lambda d: d.device_id, request.page_size,
-                               request.page_token, "devices")
-        response = pb.OrchestratorServiceGetAvailableDevicesResponse(next_page_token=token)
-        for info in page:
-            device_to_pb(info, response.devices.add())
-        return response
+        return await fill_available_devices(self.state, request.page_size, request.page_token,
+                                            pb.OrchestratorServiceGetAvailableDevicesResponse())
 
     @rpc_errors
     async def CancelOrion(self, request: pb.CancelOrionRequest,
