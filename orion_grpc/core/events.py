@@ -14,6 +14,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -91,6 +92,43 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+class EventRecorder(IEventObserver):
+    """Keeps every event it receives (in delivery order) and lets callers await one.
+
+    Handy for tests, scripts and tools that must wait for "the star finished" without polling.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+
+    async def on_event(self, event: Event) -> None:
+        self.events.append(event)
+        for predicate, fut in list(self._waiters):
+            if not fut.done() and predicate(event):
+                fut.set_result(event)
+
+    def of_type(self, *types: EventType) -> list[Event]:
+        return [e for e in self.events if e.event_type in types]
+
+    async def wait_for(self, predicate: Callable[[Event], bool] | EventType,
+                       timeout: float = 5.0) -> Event:
+        """The first event (already seen or still to come) matching ``predicate``."""
+        if isinstance(predicate, EventType):
+            wanted = predicate
+            predicate = lambda e: e.event_type is wanted
+        for event in self.events:
+            if predicate(event):
+                return event
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        entry = (predicate, fut)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.remove(entry)
 
 
 class _Subscription:

@@ -9,59 +9,27 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from orion_grpc.core import (
-    Event,
     EventBus,
     EventType,
     FakeDevice,
-    IEventObserver,
     OrionDeviceManager,
     TaskOrionOrchestrator,
 )
+from orion_grpc.core.events import EventRecorder
 
 
-class Recorder(IEventObserver):
-    """Collects events in delivery order (which is publish order) and lets tests await one."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
-
-    async def on_event(self, event: Event) -> None:
-        self.events.append(event)
-        for predicate, fut in list(self._waiters):
-            if not fut.done() and predicate(event):
-                fut.set_result(event)
-
-    def of_type(self, *types: EventType) -> list[Event]:
-        return [e for e in self.events if e.event_type in types]
+class Recorder(EventRecorder):
+    """The engine's EventRecorder plus a shortcut the orchestrator tests use a lot."""
 
     def task_ids(self, event_type: EventType) -> list[str]:
         return [e.task_id for e in self.events  # type: ignore[attr-defined]
                 if e.event_type is event_type]
-
-    async def wait_for(self, predicate: Callable[[Event], bool] | EventType,
-                       timeout: float = 5.0) -> Event:
-        """The first recorded event matching ``predicate`` (an EventType or a callable)."""
-        if isinstance(predicate, EventType):
-            wanted = predicate
-            predicate = lambda e: e.event_type is wanted
-        for event in self.events:
-            if predicate(event):
-                return event
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove(entry)
 
 
 async def fleet(dm: OrionDeviceManager, *ids: str, **kw: Any) -> list[FakeDevice]:

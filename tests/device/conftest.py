@@ -23,7 +23,8 @@ from orion_grpc.api.device_service import (
     DeviceServiceServicer,
     add_device_service,
 )
-from orion_grpc.core import EngineConfig, Event, EventType, IEventObserver, OrionEngine
+from orion_grpc.core import EngineConfig, Event, EventType, OrionEngine
+from orion_grpc.core.events import EventRecorder
 from orion_grpc.device import DeviceAgent
 from orion_grpc.gen.orion.v1 import device_service_pb2 as pb
 from orion_grpc.gen.orion.v1 import device_service_pb2_grpc as pb_grpc
@@ -34,36 +35,17 @@ LINK = DeviceLinkConfig(heartbeat_interval=0.1, lease_ttl=1.0, goodbye_timeout=0
 WAIT = 10.0  # upper bound of any single wait (never reached when things work)
 
 
-class EventLog(IEventObserver):
-    """Every engine event in publish order; ``wait_for`` awaits one."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
-
-    async def on_event(self, event: Event) -> None:
-        self.events.append(event)
-        for predicate, fut in list(self._waiters):
-            if not fut.done() and predicate(event):
-                fut.set_result(event)
+class EventLog(EventRecorder):
+    """Every engine event in publish order; ``wait_for`` matches attributes / data fields."""
 
     def of(self, event_type: EventType, **fields: Any) -> list[Event]:
         return [e for e in self.events if e.event_type is event_type and _matches(e, fields)]
 
-    async def wait_for(self, event_type: EventType, timeout: float = WAIT, **fields: Any) -> Event:
+    async def wait_for(self, event_type: EventType, timeout: float = WAIT,  # type: ignore[override]
+                       **fields: Any) -> Event:
         """The first event of ``event_type`` whose attributes / data match ``fields``."""
-        def predicate(e: Event) -> bool:
-            return e.event_type is event_type and _matches(e, fields)
-        for event in self.events:
-            if predicate(event):
-                return event
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove(entry)
+        return await super().wait_for(
+            lambda e: e.event_type is event_type and _matches(e, fields), timeout)
 
 
 def _matches(event: Event, fields: dict[str, Any]) -> bool:
