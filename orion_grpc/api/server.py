@@ -44,6 +44,9 @@ from ..gen.orion.v1 import (
     synchronizer_service_pb2,
     synchronizer_service_pb2_grpc,
 )
+from ..observability.hooks import chain_hooks
+from ..observability.metrics import OrionMetrics
+from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
 from .event_log import EventLog
 from .event_service import EventServicer
@@ -115,6 +118,11 @@ class ServerConfig:
                              "devices (linux/windows/android)", default=0)
     fake_latency: float = _opt("seconds each simulated device takes per star", default=0.2)
     log_level: str = _opt("logging level", default="INFO")
+    log_format: str = _opt("log lines on stderr: auto (JSON lines unless stderr is a terminal), "
+                           "json or text", default="auto")
+    metrics_port: int | None = _opt("serve Prometheus metrics at http://METRICS_HOST:PORT/metrics "
+                                    "(unset: off; 0 = a free port)", default=None)
+    metrics_host: str = _opt("address of the metrics endpoint", default="127.0.0.1")
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -128,8 +136,8 @@ class ServerConfig:
             kind = _field_type(f)
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=kind, metavar=f.name.split("_")[-1].upper(),
-                                help=f"{f.metadata.get('help', '')} "
-                                     f"[env {cls.env_name(f.name)}, default {f.default}]")
+                                help=f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}"
+                                     f", default {'unset' if f.default is None else f.default}]")
 
     @classmethod
     def from_sources(cls, args: argparse.Namespace | Mapping[str, Any] | None = None,
@@ -142,7 +150,8 @@ class ServerConfig:
             kind = _field_type(f)
             if given.get(f.name) is not None:
                 values[f.name] = kind(given[f.name])
-            elif cls.env_name(f.name) in env:
+            elif env.get(cls.env_name(f.name), "").strip() or (
+                    cls.env_name(f.name) in env and f.default is not None):
                 raw = env[cls.env_name(f.name)]
                 try:
                     values[f.name] = kind(raw)
@@ -163,6 +172,10 @@ class ServerConfig:
             problems.append("event_retention must be at least 1")
         if self.max_receive_message_bytes < 1024 or self.max_send_message_bytes < 1024:
             problems.append("message size limits must be at least 1024 bytes")
+        if self.log_format not in ("auto", "json", "text"):
+            problems.append(f"log_format {self.log_format!r} is not auto, json or text")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
         if self.fake_devices < 0:
             problems.append("fake_devices must not be negative")
         if self.lease_ttl <= self.heartbeat_interval:
@@ -220,7 +233,7 @@ class ServerConfig:
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
-    return {"int": int, "float": float, "str": str}[str(f.type)]
+    return {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
 
 
 # The simulated fleet of --fake-devices: (type, capabilities), cycled.
@@ -234,12 +247,18 @@ class OrionServer:
     :param tracing: trace RPCs, orions and stars with it (a span per RPC via a server
         interceptor, engine hooks for the rest); None (the default) installs neither. The
         caller owns it (``tracing.shutdown()``); ``server_from_env`` builds one from ``OTEL_*``.
+    :param metrics: measure the engine with it (default: a new ``OrionMetrics`` when
+        ``config.metrics_port`` is set, else none). ``config.metrics_port`` also serves them
+        over HTTP (``metrics_endpoint``).
     """
 
     def __init__(self, config: ServerConfig | None = None, engine: OrionEngine | None = None,
-                 *, tracing: Tracing | None = None) -> None:
+                 *, tracing: Tracing | None = None, metrics: OrionMetrics | None = None) -> None:
         self.config = config or ServerConfig()
         self.tracing = tracing
+        self.metrics = metrics
+        self._owns_metrics = False
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.interceptors: list[grpc.aio.ServerInterceptor] = []
         self._engine = engine
         self._server: grpc.aio.Server | None = None
@@ -284,9 +303,14 @@ class OrionServer:
         engine.bus.subscribe(events)
         self._state = state = ApiState(engine, events, IdempotencyCache())
 
+        if self.metrics is None and config.metrics_port is not None:
+            self.metrics, self._owns_metrics = OrionMetrics(), True
+        metrics_hooks = None if self.metrics is None else \
+            self.metrics.attach(engine, lambda: events.subscriber_count)
         if self.tracing is not None:
             self.interceptors = [self.tracing.server_interceptor()]
-            engine.orchestrator.set_tracer_hooks(self.tracing.hooks())
+        engine.orchestrator.set_tracer_hooks(chain_hooks(
+            self.tracing.hooks() if self.tracing is not None else None, metrics_hooks))
         server = grpc.aio.server(interceptors=self.interceptors or None,
                                  options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -313,6 +337,11 @@ class OrionServer:
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._attach_fake_devices()
+        if self.metrics is not None and config.metrics_port is not None:
+            self.metrics_endpoint = MetricsEndpoint(self.metrics.render, config.metrics_host,
+                                                    config.metrics_port)
+            await self.metrics_endpoint.start()
+            logger.info("metrics on %s", self.metrics_endpoint.url)
         logger.info("listening on %s:%s (services: %s)", config.host, self.port, ", ".join(names))
         return self.port
 
@@ -344,6 +373,13 @@ class OrionServer:
             await self._state.runs.close()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.stop()
+        if self.metrics is not None:
+            if self._owns_metrics:
+                self.metrics.shutdown()
+            else:
+                self.metrics.detach()
         logger.info("server stopped")
 
     async def _call_device_service(self, name: str) -> None:
@@ -396,6 +432,8 @@ async def _serve(server: OrionServer, config: ServerConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     # Only now say we listen: whoever reads this line may signal us at once.
     print(f"listening on {config.host}:{port}", flush=True)
+    if server.metrics_endpoint is not None:
+        print(f"metrics on {server.metrics_endpoint.url}", flush=True)
     try:
         await stop.wait()
         await server.stop()  # handlers stay: a second signal does not cut the shutdown short

@@ -99,7 +99,7 @@ class Lease:
 
     __slots__ = ("lease_id", "device_id", "task_id", "orion_id", "attempt", "task_description",
                  "task_data", "timeout", "deadline", "trace_context", "on_done", "timer",
-                 "started_at", "__weakref__")
+                 "started_at", "queue_wait", "__weakref__")
 
     def __init__(self, lease_id: str, device_id: str, task_id: str, orion_id: str | None,
                  attempt: int, task_description: str, task_data: dict[str, Any],
@@ -114,6 +114,9 @@ class Lease:
         self.task_data = task_data
         self.timeout = timeout
         self.started_at = time.time()
+        # Seconds the star waited, ready, in the scheduler's queue for this device (set by
+        # the orchestrator; 0 for leases it did not queue, e.g. ExecuteSingleTask).
+        self.queue_wait = 0.0
         self.deadline = self.started_at + timeout if timeout else None
         self.trace_context = trace_context or {}
         self.on_done = on_done
@@ -334,6 +337,11 @@ class OrionDeviceManager:
 
     def get_lease(self, lease_id: str) -> Lease | None:
         return self._leases.get(lease_id)
+
+    @property
+    def lease_count(self) -> int:
+        """Attempts running on devices right now (every orion, and single stars)."""
+        return len(self._leases)
 
     # ------------------------------------------------------------------ capacity listeners
     def add_capacity_listener(self, listener: CapacityListener) -> None:

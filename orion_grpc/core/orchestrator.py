@@ -128,6 +128,11 @@ class TaskOrionOrchestrator:
     def is_running(self, orion_id: str) -> bool:
         return orion_id in self._runs
 
+    @property
+    def running_count(self) -> int:
+        """Orions running now."""
+        return len(self._runs)
+
     def notify_orion_changed(self, orion_id: str) -> None:
         run = self._runs.get(orion_id)
         if run is not None:
@@ -319,7 +324,8 @@ class _Run:
         self.strategy = strategy
         self.metadata = metadata
         self.heaps: dict[str, list[tuple[int, int, TaskStar]]] = {}
-        self.queued: set[str] = set()
+        # star id -> time.monotonic() it was queued for its device (-> Lease.queue_wait)
+        self.queued: dict[str, float] = {}
         self.seq = itertools.count()
         self.leases: dict[str, Lease] = {}
         self.backoff: dict[str, asyncio.TimerHandle] = {}
@@ -407,7 +413,7 @@ class _Run:
             if task is not None:
                 self._enqueue(task)
 
-    def _enqueue(self, task: TaskStar) -> None:
+    def _enqueue(self, task: TaskStar, since: float | None = None) -> None:
         if task.task_id in self.queued or task.task_id in self.leases:
             return
         device_id = task.target_device_id
@@ -418,7 +424,7 @@ class _Run:
                                              f"(assigned: {task.target_device_id!r})")
                 return
             task.target_device_id = device_id
-        self.queued.add(task.task_id)
+        self.queued[task.task_id] = time.monotonic() if since is None else since
         heap = self.heaps.get(device_id)
         if heap is None:
             heap = self.heaps[device_id] = []
@@ -440,17 +446,17 @@ class _Run:
                     break
                 self.offline_since.pop(device_id, None)
                 task = heapq.heappop(heap)[2]
-                self.queued.discard(task.task_id)
+                since = self.queued.pop(task.task_id, None)
                 if not orion.is_dispatchable(task):
                     continue  # edited away, blocked again, or cancelled while queued
                 if task.target_device_id != device_id:
-                    self._enqueue(task)  # reassigned while queued
+                    self._enqueue(task, since)  # reassigned while queued
                     continue
-                self._dispatch(task)
+                self._dispatch(task, since)
             if not heap:
                 del self.heaps[device_id]
 
-    def _dispatch(self, task: TaskStar) -> None:
+    def _dispatch(self, task: TaskStar, queued_since: float | None = None) -> None:
         task.start_execution()
         hooks = self.hooks
         trace_context = None if hooks is None else \
@@ -459,6 +465,8 @@ class _Run:
             task.target_device_id, task.task_id, task.to_request_string(), task._task_data,
             task.timeout, self._on_lease_done, orion_id=self.orion.orion_id,
             attempt=task.current_retry, trace_context=trace_context)
+        if queued_since is not None:
+            lease.queue_wait = time.monotonic() - queued_since
         self.leases[task.task_id] = lease
         self.orch._publish_task(EventType.TASK_STARTED, task, self.orion,
                                 {"lease_id": lease.lease_id})
@@ -528,14 +536,14 @@ class _Run:
         stranded = [entry[2] for entry in heap]
         heap.clear()
         for task in stranded:
-            self.queued.discard(task.task_id)
+            since = self.queued.pop(task.task_id, None)
             if not self.orion.is_dispatchable(task):
                 continue
             others = [d for d in self.dm.get_online_devices()
                       if d.device_id != device_id and is_eligible(task, d)]
             if others:
                 task.target_device_id = None  # _enqueue picks an eligible device
-                self._enqueue(task)
+                self._enqueue(task, since)
                 self.wake.set()  # its new heap may be one _pump has already passed
             else:
                 self._fail_unplaceable(task, f"Device {device_id} is disconnected and no other "

@@ -1,6 +1,6 @@
 """Fixtures for the API tests: a real grpc.aio server on a loopback port, in this process.
 
-- ``make_server(tracing=None, **config)``: start an OrionServer (port 0), stop it at teardown.
+- ``make_server(tracing=None, metrics=None, **config)``: start an OrionServer (port 0), stop it at teardown.
 - ``server``: one with default test settings; ``channel`` / ``client`` dial it.
 - ``api_support.fleet(server, *ids, **kw)``: in-process FakeDevices on the server's engine.
 """
@@ -15,7 +15,7 @@ import pytest
 
 from orion_grpc.api.server import OrionServer, ServerConfig
 from orion_grpc.client import OrionClient
-from orion_grpc.observability import Tracing
+from orion_grpc.observability import OrionMetrics, Tracing
 
 TEST_CONFIG: dict[str, Any] = {"port": 0, "grace": 0.5, "retry_backoff_base": 0.0,
                                "device_grace_period": 0.0, "bookmark_interval": 30.0}
@@ -27,8 +27,10 @@ MakeServer = Callable[..., Awaitable[OrionServer]]
 async def make_server() -> AsyncIterator[MakeServer]:
     servers: list[OrionServer] = []
 
-    async def make(tracing: Tracing | None = None, **overrides: Any) -> OrionServer:
-        server = OrionServer(ServerConfig(**{**TEST_CONFIG, **overrides}), tracing=tracing)
+    async def make(tracing: Tracing | None = None, metrics: OrionMetrics | None = None,
+                   **overrides: Any) -> OrionServer:
+        server = OrionServer(ServerConfig(**{**TEST_CONFIG, **overrides}), tracing=tracing,
+                             metrics=metrics)
         await server.start()
         servers.append(server)
         return server
