@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine_bench import build  # noqa: E402  (bench/ is not a package)
+from engine_bench import build
 
-from orion_grpc.api.event_log import EventLog  # noqa: E402
-from orion_grpc.core import EngineConfig, FakeDevice, OrionEngine  # noqa: E402
-from orion_grpc.observability import OrionMetrics  # noqa: E402
+from orion_grpc.api.event_log import EventLog
+from orion_grpc.core import EngineConfig, FakeDevice, OrionEngine
+from orion_grpc.observability import OrionMetrics
 
 
 async def run_once(shape: str, n: int, metrics_on: bool) -> tuple[float, float]:
