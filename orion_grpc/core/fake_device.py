@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .device_manager import REASON_TASK_ERROR, DeviceLink, Lease, OrionDeviceManager
+from .device_manager import REASON_REJECTED, REASON_TASK_ERROR, DeviceLink, Lease, OrionDeviceManager
 
 Handler = Callable[[Lease], Any]
 
@@ -34,6 +34,8 @@ class FakeDevice(DeviceLink):
     - ``fail_task_ids``: these stars always fail here; ``fail_attempts``: {task_id: n} fails
       the first n attempts; ``failure_rate`` with ``seed``: random failures.
     - ``hang_task_ids``: never answered (for timeout tests).
+    - ``reject_task_ids``: refused at once (reason ``rejected``), as a daemon refuses an
+      assignment it cannot run.
     - ``disconnect_after``: drop off the fleet after receiving that many assignments.
     """
 
@@ -43,7 +45,7 @@ class FakeDevice(DeviceLink):
                  fail_task_ids: set[str] | None = None, fail_attempts: dict[str, int] | None = None,
                  failure_rate: float = 0.0, seed: int = 0, hang_task_ids: set[str] | None = None,
                  disconnect_after: int | None = None, metadata: dict[str, Any] | None = None,
-                 record: bool = True) -> None:
+                 record: bool = True, reject_task_ids: set[str] | None = None) -> None:
         self.device_id = device_id
         self.device_type = device_type
         self.capabilities = list(capabilities or [])
@@ -55,6 +57,7 @@ class FakeDevice(DeviceLink):
         self.failure_rate = failure_rate
         self.rng = random.Random(seed)
         self.hang_task_ids = set(hang_task_ids or ())
+        self.reject_task_ids = set(reject_task_ids or ())
         self.disconnect_after = disconnect_after
         self.metadata = dict(metadata or {"system_info": {"platform": device_type,
                                                           "hostname": f"fake-{device_id}"}})
@@ -96,6 +99,9 @@ class FakeDevice(DeviceLink):
             return
         if lease.task_id in self.hang_task_ids:
             return
+        if lease.task_id in self.reject_task_ids:
+            loop.call_soon(self._reject, lease)
+            return
         delay = self.latency(lease) if callable(self.latency) else self.latency
         if delay > 0:
             loop.call_later(delay, self._answer, lease)
@@ -114,6 +120,15 @@ class FakeDevice(DeviceLink):
         self._live.clear()
 
     # ------------------------------------------------------------------ behaviour
+    def _reject(self, lease: Lease) -> None:
+        if lease.lease_id not in self._live or self._manager is None:
+            return
+        self._live.discard(lease.lease_id)
+        self.running -= 1
+        self._manager.complete_lease(self.device_id, lease.lease_id, False, None,
+                                     f"device {self.device_id} rejected the assignment",
+                                     REASON_REJECTED)
+
     def _answer(self, lease: Lease) -> None:
         if lease.lease_id not in self._live or self._manager is None:
             return  # cancelled or disconnected meanwhile

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .device_manager import DeviceInfo, OrionDeviceManager
@@ -141,9 +141,11 @@ class OrionManager:
         self._log(logging.INFO, "Assigned %d tasks to devices", len(plan))
         return plan
 
-    def pick_device(self, task: TaskStar, strategy: str | None = None) -> str | None:
-        """One eligible online device for ``task`` (least loaded), or None."""
-        devices = self._online_devices()
+    def pick_device(self, task: TaskStar, strategy: str | None = None,
+                    exclude: Collection[str] = ()) -> str | None:
+        """One eligible online device for ``task`` (least loaded), or None; never one of
+        ``exclude``."""
+        devices = [d for d in self._online_devices() if d.device_id not in exclude]
         try:
             plan = plan_assignments([task], devices, strategy or "load_balance", {},
                                     self.device_loads())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .device_manager import (
     REASON_CANCELLED,
     REASON_DEVICE_DISCONNECTION,
+    REASON_REJECTED,
     Lease,
     LeaseOutcome,
     OrionDeviceManager,
@@ -331,6 +332,7 @@ class _Run:
         self.backoff: dict[str, asyncio.TimerHandle] = {}
         self.offline_since: dict[str, float] = {}
         self.grace_timers: dict[str, asyncio.TimerHandle] = {}
+        self.rejected_by: dict[str, set[str]] = {}  # task id -> devices that refused it
         self.wake = asyncio.Event()
         self.finished = asyncio.Event()
         self.cancelled = False
@@ -424,6 +426,13 @@ class _Run:
                                              f"(assigned: {task.target_device_id!r})")
                 return
             task.target_device_id = device_id
+        refused = self.rejected_by.get(task.task_id)
+        if refused and device_id in refused:
+            # The device said it will not run this star (no such executor, full, draining):
+            # try an eligible device that has not refused it; if none, the same one again.
+            other = self.orch._manager.pick_device(task, self.strategy, exclude=refused)
+            if other is not None:
+                device_id = task.target_device_id = other
         self.queued[task.task_id] = time.monotonic() if since is None else since
         heap = self.heaps.get(device_id)
         if heap is None:
@@ -496,6 +505,8 @@ class _Run:
             return
         error = TaskFailure(outcome.error or "task failed", outcome.reason or "task_error")
         if task.current_retry < task.retry_count:
+            if outcome.reason == REASON_REJECTED:
+                self.rejected_by.setdefault(task.task_id, set()).add(lease.device_id)
             task.complete_with_failure(error)
             task.retry()
             delay = orch._backoff(task.current_retry)

@@ -15,6 +15,7 @@ from orion_grpc.core import (
     EventBus,
     EventType,
     FailedPreconditionError,
+    FakeDevice,
     IEventObserver,
     InvalidArgumentError,
     OrionDeviceManager,
@@ -319,6 +320,52 @@ async def test_timeout_does_not_fire_for_fast_star(dm, orchestrator):
     await run(orchestrator, orion)
     assert orion.get_task("t").status is TaskStatus.COMPLETED
     assert dev.cancelled == []
+
+
+async def test_a_rejected_star_is_retried_on_another_eligible_device(dm, orchestrator, recorder):
+    picky, other = await fleet(dm, "picky", "other")
+    picky.reject_task_ids = {"t"}
+    orion = make_orion(star("t", "picky", retry_count=1), star("u", "picky"))
+    result = await run(orchestrator, orion)
+    await orchestrator.event_bus.flush(recorder)
+
+    assert result["status"] == "completed", result["errors"]
+    retrying = recorder.of_type(EventType.TASK_RETRYING)
+    assert [(e.task_id, e.data["reason"], e.data["failed_device_id"]) for e in retrying] == \
+        [("t", "rejected", "picky")]
+    assert [(r.task_id, r.attempt) for r in other.received] == [("t", 1)]
+    assert orion.get_task("t").target_device_id == "other"
+    # Only the refused star moved: the device still runs what it accepts.
+    assert sorted(r.task_id for r in picky.received) == ["t", "u"]
+    assert orion.get_task("u").target_device_id == "picky"
+
+
+async def test_a_rejected_star_goes_back_to_its_device_when_no_other_is_eligible(
+        dm, orchestrator, recorder):
+    (picky,) = await fleet(dm, "picky", reject_task_ids={"t"})
+    windows = await FakeDevice("win", "windows").connect(dm)
+    orion = make_orion(star("t", "picky", retry_count=2, device_type="linux"))
+    result = await run(orchestrator, orion)
+
+    assert result["status"] == "failed"
+    assert getattr(orion.get_task("t").error, "reason", None) == "rejected"
+    assert [r.attempt for r in picky.received] == [0, 1, 2]
+    assert windows.received == []  # never eligible for a linux star
+
+
+async def test_a_star_every_eligible_device_rejects_fails_after_its_retries(
+        dm, orchestrator, recorder):
+    a, b = await fleet(dm, "a", "b", reject_task_ids={"t"})
+    orion = make_orion(star("t", "a", retry_count=3))
+    result = await run(orchestrator, orion)
+    await orchestrator.event_bus.flush(recorder)
+
+    assert result["status"] == "failed"
+    assert getattr(orion.get_task("t").error, "reason", None) == "rejected"
+    # a refused, then b, then neither is left unrefused: back to the assigned order.
+    assert [e.data["device_id"] for e in recorder.of_type(EventType.TASK_STARTED)][:2] == \
+        ["a", "b"]
+    assert len(a.received) + len(b.received) == 4
 
 
 # ---------------------------------------------------------------------- device loss
