@@ -287,11 +287,11 @@ class DeviceAgent:
         error) or another session took over this device id.
         """
         self._stopping = False
+        options = self._channel_options()
         if self.credentials is not None:
-            channel = grpc.aio.secure_channel(self.target, self.credentials,
-                                              options=self.channel_options)
+            channel = grpc.aio.secure_channel(self.target, self.credentials, options=options)
         else:
-            channel = grpc.aio.insecure_channel(self.target, options=self.channel_options)
+            channel = grpc.aio.insecure_channel(self.target, options=options)
         stub = pb_grpc.DeviceServiceStub(channel)
         failures = 0
         try:
@@ -321,6 +321,19 @@ class DeviceAgent:
                 call.cancel()
             self._abandoned.clear()
             self._notify()
+
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        """``channel_options`` plus a reconnect backoff for the channel itself that matches
+        the agent's own. Without it gRPC's default (1 s, growing to 120 s) decides when the
+        connection is really retried: after a long outage a daemon came back up to two
+        minutes after the server did, whatever ``backoff_max`` said."""
+        options = list(self.channel_options)
+        given = {name for name, _ in options}
+        for name, seconds in (("grpc.initial_reconnect_backoff_ms", self.backoff_initial),
+                              ("grpc.max_reconnect_backoff_ms", self.backoff_max)):
+            if name not in given:
+                options.append((name, max(1, round(seconds * 1000))))
+        return options
 
     async def stop(self, timeout: float | None = 10.0) -> None:
         """Graceful stop: drain, let running assignments finish and their results be acked
