@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from typing import Any
 
@@ -20,17 +19,6 @@ async def hold(assignment: Assignment) -> Any:
     except asyncio.CancelledError:
         print(f"hold: {assignment.task_id} cancelled", file=sys.stderr, flush=True)
         raise
-
-
-async def freeze(assignment: Assignment) -> Any:
-    """The first attempt freezes the whole daemon — a blocking read stops its event loop: no
-    heartbeats, no messages — until the test writes a byte to ``task_data.release``
-    (host:port), then returns a result, late. Later attempts answer at once."""
-    if assignment.attempt == 1:
-        host, port = str(assignment.task_data["release"]).rsplit(":", 1)
-        with socket.create_connection((host, int(port))) as sock:
-            sock.recv(1)  # blocking on purpose
-    return {"status": "ok", "attempt": assignment.attempt, "device_id": assignment.device_id}
 
 
 async def flaky(assignment: Assignment) -> Any:

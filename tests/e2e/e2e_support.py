@@ -93,10 +93,10 @@ class Child:
                                                      ("stderr", proc.stderr))]
 
     @staticmethod
-    async def _spawn(argv: list[str], env: dict[str, str] | None = None
-                     ) -> asyncio.subprocess.Process:
+    async def _spawn(argv: list[str], env: dict[str, str] | None = None, *,
+                     stdin: int = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**child_env(), **(env or {})})
 
     @classmethod
@@ -113,10 +113,16 @@ class Child:
                 if waiter[0] == name and waiter[1] in line and not waiter[2].done():
                     waiter[2].set_result(line)
 
+    def mark(self, stream: str = "stderr") -> int:
+        """How many lines ``stream`` has so far: ``wait_for_line(..., since=mark)`` then
+        waits for a line printed after this point."""
+        return len(self.lines[stream])
+
     async def wait_for_line(self, text: str, stream: str = "stderr",
-                            timeout: float = WAIT) -> str:
-        """The first line of ``stream`` containing ``text`` (seen already, or to come)."""
-        for line in self.lines[stream]:
+                            timeout: float = WAIT, *, since: int = 0) -> str:
+        """The first line of ``stream`` containing ``text`` (seen already, or to come),
+        ignoring the first ``since`` lines."""
+        for line in self.lines[stream][since:]:
             if text in line:
                 return line
         waiter = (stream, text, asyncio.get_running_loop().create_future())
@@ -159,8 +165,29 @@ class Child:
         await asyncio.gather(*self._readers, return_exceptions=True)
 
 
+class ServerChild(Child):
+    """``orion serve --port 0 …`` as a ``Child`` (its log lines readable as they come);
+    ``await ServerChild.start(...)`` returns once it listens."""
+
+    target = ""
+
+    @classmethod
+    async def start(cls, *args: str, log_level: str = "WARNING",
+                    env: dict[str, str] | None = None) -> ServerChild:
+        server = cls(await cls._spawn(orion_command("serve", "--port", "0", "--log-level",
+                                                    log_level, *args), env), "orion serve")
+        try:
+            line = await server.wait_for_line("listening on ", "stdout", timeout=30)
+        except AssertionError:
+            await server.close()
+            raise
+        server.target = "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
+        return server
+
+
 class Daemon(Child):
-    """One device daemon, ``python -m orion_grpc.device``, in its own process."""
+    """One device daemon, ``python -m orion_grpc.device``, in its own process (``module``
+    runs another entry point with the same arguments, e.g. a wrapper that skews its clock)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, device_id: str) -> None:
         super().__init__(proc, f"device {device_id}")
@@ -168,13 +195,16 @@ class Daemon(Child):
 
     @classmethod
     async def start(cls, target: str, device_id: str, *args: str,
-                    env: dict[str, str] | None = None) -> Daemon:
-        return cls(await cls._spawn([sys.executable, "-m", "orion_grpc.device", "--server",
+                    env: dict[str, str] | None = None,
+                    module: str = "orion_grpc.device") -> Daemon:
+        return cls(await cls._spawn([sys.executable, "-m", module, "--server",
                                      target, "--id", device_id, *args], env), device_id)
 
-    async def connected(self, timeout: float = WAIT) -> str:
-        """Its ``device ID connected to …`` line (the first session)."""
-        return await self.wait_for_line(f"device {self.device_id} connected", "stdout", timeout)
+    async def connected(self, timeout: float = WAIT, *, since: int = 0) -> str:
+        """Its ``device ID connected to …`` line (the first session, or the first one after
+        stdout line ``since``)."""
+        return await self.wait_for_line(f"device {self.device_id} connected", "stdout", timeout,
+                                        since=since)
 
 
 async def run_cli_async(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -192,6 +222,49 @@ async def run_cli_async(*args: str, timeout: float = 30.0) -> subprocess.Complet
                              f"{out.decode()}\n{err.decode()}") from None
     return subprocess.CompletedProcess(list(args), proc.returncode or 0,
                                        out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+# ---------------------------------------------------------------------- a fleet
+# Devices heartbeat every 0.2 s and are lost after 1.5 s of silence; retries start at once.
+SERVER_FLAGS = ("--heartbeat-interval", "0.2", "--lease-ttl", "1.5", "--retry-backoff-base",
+                "0", "--device-grace-period", "0", "--grace", "2")
+# PYTHONPATH for daemons that load executors from the test directories (--plugin).
+PLUGINS = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "e2e"),
+                                          str(ROOT / "tests" / "faults")])}
+
+
+class Fleet:
+    """Device daemons (processes) around one server (anything with a ``target``)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.target: str = server.target
+        self.daemons: list[Daemon] = []
+
+    async def daemon(self, device_id: str, *args: str, device_type: str = "linux",
+                     capabilities: str = "", env: dict[str, str] | None = None,
+                     target: str | None = None, module: str = "orion_grpc.device",
+                     wait: bool = True) -> Daemon:
+        """Start a daemon (through ``target`` if given, e.g. a proxy) and wait until it is
+        connected."""
+        daemon = await Daemon.start(target or self.target, device_id, "--type", device_type,
+                                    "--capabilities", capabilities, "--backoff-max", "0.2",
+                                    *args, env=env, module=module)
+        self.daemons.append(daemon)
+        if wait:
+            await daemon.connected()
+        return daemon
+
+    def client(self, target: str | None = None) -> Any:
+        from orion_grpc.client import OrionClient
+
+        return OrionClient(target or self.target, timeout=10, run_timeout=30)
+
+    async def cli(self, *args: str) -> Child:
+        return await Child.cli(*args, "--server", self.target)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(d.close() for d in self.daemons))
 
 
 # ---------------------------------------------------------------------- a server's events

@@ -9,7 +9,6 @@ Simulated work is the daemons' ``sleep`` executor (or ``hold`` from e2e_executor
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,43 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_support import ROOT, Child, Daemon, EventFeed, ServerProcess
+from e2e_support import PLUGINS, SERVER_FLAGS, EventFeed, Fleet, ServerProcess
 
 from orion_grpc.api.convert import result_from_pb
-from orion_grpc.client import OrionClient
 from orion_grpc.core import AddDependency, AddTask, TaskOrion, TaskStar, TaskStarLine, UpdateTask
 from orion_grpc.demo import DEMO_FLEET, DEMO_PLUGIN
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
-
-# Devices heartbeat every 0.2 s and are lost after 1.5 s of silence; retries start at once.
-SERVER_FLAGS = ("--heartbeat-interval", "0.2", "--lease-ttl", "1.5", "--retry-backoff-base",
-                "0", "--device-grace-period", "0", "--grace", "2")
-PLUGINS = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "e2e")])}
-
-
-class Fleet:
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.target = server.target
-        self.daemons: list[Daemon] = []
-
-    async def daemon(self, device_id: str, *args: str, device_type: str = "linux",
-                     capabilities: str = "", env: dict[str, str] | None = None) -> Daemon:
-        daemon = await Daemon.start(self.target, device_id, "--type", device_type,
-                                    "--capabilities", capabilities, "--backoff-max", "0.2",
-                                    *args, env=env)
-        self.daemons.append(daemon)
-        await daemon.connected()
-        return daemon
-
-    def client(self) -> OrionClient:
-        return OrionClient(self.target, timeout=10, run_timeout=30)
-
-    async def cli(self, *args: str) -> Child:
-        return await Child.cli(*args, "--server", self.target)
-
 
 @pytest.fixture
 async def fleet() -> AsyncIterator[Fleet]:
@@ -62,7 +32,7 @@ async def fleet() -> AsyncIterator[Fleet]:
     try:
         yield f
     finally:
-        await asyncio.gather(*(d.close() for d in f.daemons))
+        await f.close()
         f.server.kill()
 
 
@@ -103,30 +73,6 @@ async def test_submit_watch_and_complete_on_three_daemons(fleet):
     assert devices["linux-build-01"]["capacity"] == 2
 
 
-async def test_a_daemon_killed_mid_star_the_star_is_retried_on_another_device(fleet):
-    victim, _ = await asyncio.gather(fleet.daemon("victim", capabilities="kill"),
-                                     fleet.daemon("survivor", capabilities="kill"))
-    async with fleet.client() as client:
-        feed = EventFeed(client)
-        await client.submit_orion(sleeper("kill", 1.0, retry_count=2,
-                                          required_capabilities=["kill"]),
-                                  device_assignments={"job": "victim"})
-        # Progress from the victim proves the star is executing there; then pull the plug.
-        await feed.wait_for("TASK_PROGRESS", task_id="job", device_id="victim")
-        victim.kill()
-        retry = await feed.wait_for("TASK_RETRYING", task_id="job")
-        done = await feed.wait_for("ORION_COMPLETED", orion_id="kill")
-        await feed.close()
-    assert retry.data["reason"] == "device_disconnection"
-    assert retry.data["failed_device_id"] == "victim"
-    result = result_of(done)
-    assert result["status"] == "completed"
-    assert result["results"]["job"]["device_id"] == "survivor"
-    assert [e.device_id for e in feed.of("TASK_STARTED", task_id="job")] == ["victim",
-                                                                           "survivor"]
-    assert await victim.exit_code() == -signal.SIGKILL
-
-
 async def test_a_second_daemon_with_the_same_id_supersedes_the_first(fleet):
     first = await fleet.daemon("twin")
     async with fleet.client() as client:
@@ -140,39 +86,6 @@ async def test_a_second_daemon_with_the_same_id_supersedes_the_first(fleet):
     assert result["status"] == "completed" and result["results"]["job"]["device_id"] == "twin"
     assert [d["device_id"] for d in devices] == ["twin"] and devices[0]["status"] != "offline"
     assert second.proc.returncode is None
-
-
-async def test_a_result_for_a_lease_the_server_gave_up_on_is_fenced(fleet):
-    frozen, _ = await asyncio.gather(*(fleet.daemon(
-        name, "--plugin", "freeze=e2e_executors:freeze", capabilities="fence", env=PLUGINS)
-        for name in ("frozen", "other")))
-    arrived: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
-    release = await asyncio.start_server(lambda _, writer: arrived.set_result(writer),
-                                         "127.0.0.1", 0)
-    port = release.sockets[0].getsockname()[1]
-    orion = TaskOrion(orion_id="fence")
-    orion.add_task(TaskStar("job", description="freeze", retry_count=2,
-                            required_capabilities=["fence"],
-                            task_data={"executor": "freeze", "release": f"127.0.0.1:{port}"}))
-    async with fleet.client() as client, release:
-        feed = EventFeed(client)
-        await client.submit_orion(orion, device_assignments={"job": "frozen"})
-        writer = await asyncio.wait_for(arrived, 15)  # the frozen daemon is mid-star, silent
-        retry = await feed.wait_for("TASK_RETRYING", task_id="job")  # the server gives up ...
-        completed = await feed.wait_for("TASK_COMPLETED", task_id="job")  # ... retries it
-        writer.write(b"x")  # the frozen daemon wakes up and delivers its (stale) result
-        await writer.drain()
-        fenced = await frozen.wait_for_line("not accepted (unknown_or_stale_lease)")
-        done = await feed.wait_for("ORION_COMPLETED", orion_id="fence")
-        await frozen.connected()  # and it is back in the fleet
-        writer.close()
-        await feed.close()
-    assert retry.data["reason"] == "device_disconnection"
-    assert completed.device_id == "other"
-    assert fenced.split("result for lease ")[1].split()[0] == "frozen:1"
-    assert len(feed.of("TASK_COMPLETED", task_id="job")) == 1  # the late one changed nothing
-    assert result_of(done)["results"]["job"] == {"status": "ok", "attempt": 2,
-                                                 "device_id": "other"}
 
 
 async def test_cancelling_an_orion_cancels_the_executor_on_the_device(fleet):
