@@ -97,12 +97,10 @@ def parse_enum(enum_cls: type[Enum], value: object, default: Enum | None = None)
         return value
     if value is None:
         return default
-    for member in enum_cls:
-        if member.value == value:
-            return member
-    if isinstance(value, str):
-        upper = value.upper()
-        for member in enum_cls:
-            if member.name == upper:
-                return member
-    return default
+    try:  # Enum's own value index: a dict lookup, not a scan (this runs on hot paths)
+        member = enum_cls._value2member_map_.get(value)
+    except TypeError:  # unhashable: equals no member's value
+        return default
+    if member is None and isinstance(value, str):
+        member = enum_cls.__members__.get(value.upper())
+    return member if member is not None else default
