@@ -484,9 +484,13 @@ class OrionDeviceManager:
             timestamp=time.time(), data={"event_name": event_type.value,
                                          "device_count": len(self._devices)},
             device_id=info.device_id, device_status=info.status.value,
-            device_info=info.to_dict(),
-            all_devices={k: v.to_dict() for k, v in self._devices.items()}
-            if len(self._devices) <= 100 else {}))
+            device_info=info.to_dict(), all_devices_source=self._all_devices_dicts))
+
+    def _all_devices_dicts(self) -> dict[str, dict[str, Any]]:
+        """``DeviceEvent.all_devices``: every device's dict (none past 100 devices)."""
+        if len(self._devices) > 100:
+            return {}
+        return {k: v.to_dict() for k, v in self._devices.items()}
 
     async def shutdown(self) -> None:
         for device_id in list(self._links):

@@ -74,10 +74,24 @@ class AgentEvent(Event):
 
 @dataclass
 class DeviceEvent(Event):
+    """A device transition. ``all_devices`` (every device's ``to_dict``, reference API) is
+    built when first read, from ``all_devices_source``: building it on every transition
+    cost O(devices) per star on a busy fleet, and hardly anyone reads it."""
+
     device_id: str
     device_status: str
     device_info: dict[str, Any]
-    all_devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    all_devices_source: Callable[[], dict[str, dict[str, Any]]] | None = field(
+        default=None, repr=False, compare=False)
+    _all_devices: dict[str, dict[str, Any]] | None = field(default=None, init=False,
+                                                             repr=False, compare=False)
+
+    @property
+    def all_devices(self) -> dict[str, dict[str, Any]]:
+        if self._all_devices is None:
+            source = self.all_devices_source
+            self._all_devices = source() if source is not None else {}
+        return self._all_devices
 
 
 class IEventObserver(ABC):
