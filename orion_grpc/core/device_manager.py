@@ -19,12 +19,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .enums import ONLINE_DEVICE_STATUSES, DeviceStatus, DeviceType, TaskStatus, parse_enum
 from .errors import NotFoundError, UnavailableError
 from .events import DeviceEvent, EventBus, EventType, get_event_bus
 from .task_star import utcnow
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,11 @@ class OrionDeviceManager:
         self._leases: dict[str, Lease] = {}
         self._lease_ids = itertools.count(1)
         self._capacity_listeners: list[CapacityListener] = []
+        # Lease ids are "<device>:<prefix><n>"; a server restarted on a store sets a prefix
+        # of its own so no id of an earlier run is ever issued again (fencing relies on it).
+        self.lease_prefix = ""
+        self.journal: Journal | None = None  # set when a store persists the engine
+        self._holds: dict[str, asyncio.TimerHandle] = {}  # offline devices keeping leases
 
     # ------------------------------------------------------------------ registration
     async def register_device(self, device_id: str, server_url: str = "", os: str | None = None,
@@ -227,6 +235,7 @@ class OrionDeviceManager:
         if old is not None and old is not link:
             old.close("superseded by a new session")
         self._links[device_id] = link
+        self._end_hold(device_id)
         if not is_reconnection:
             info.connection_attempts += 1
         info.last_heartbeat = utcnow()
@@ -251,6 +260,7 @@ class OrionDeviceManager:
         info = self._devices.get(device_id)
         if info is None:
             return
+        self._end_hold(device_id)
         link = self._links.pop(device_id, None)
         if link is not None:
             link.close(reason)
@@ -263,6 +273,39 @@ class OrionDeviceManager:
         info.current_task_id = None
         if was_online:
             self._publish_device(EventType.DEVICE_DISCONNECTED, info)
+
+    def hold_leases(self, device_id: str, grace: float, reason: str = "connection lost") -> None:
+        """The device is offline but may come back: its attempts stay leased to it.
+
+        Within ``grace`` seconds a new session of the device (``attach_link``) takes them
+        up again — the device reports which it still runs and replays finished results; after
+        that the device is lost (``device_lost``: its attempts fail with
+        device_disconnection and the normal retry rules apply).
+        """
+        info = self._devices.get(device_id)
+        if info is None:
+            return
+        self._end_hold(device_id)
+        link = self._links.pop(device_id, None)
+        if link is not None:
+            link.close(reason)
+        was_online = info.is_online
+        info.status = DeviceStatus.DISCONNECTED
+        if info.running:
+            self._holds[device_id] = asyncio.get_running_loop().call_later(
+                grace, self.device_lost, device_id,
+                f"{reason}; it did not come back within {grace:g}s")
+        if was_online:
+            self._publish_device(EventType.DEVICE_DISCONNECTED, info)
+
+    def is_holding(self, device_id: str) -> bool:
+        """True while an offline device keeps its leases (see ``hold_leases``)."""
+        return device_id in self._holds
+
+    def _end_hold(self, device_id: str) -> None:
+        timer = self._holds.pop(device_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def heartbeat(self, device_id: str) -> None:
         info = self._devices.get(device_id)
@@ -370,9 +413,12 @@ class OrionDeviceManager:
         if len(info.running) >= info.capacity or info.draining:
             raise UnavailableError(f"Device {device_id} has no free capacity", "DEVICE_AT_CAPACITY",
                                    {"device_id": device_id})
-        lease = Lease(f"{device_id}:{next(self._lease_ids)}", device_id, task_id, orion_id, attempt,
-                      task_description, task_data, timeout, on_done, trace_context)
+        lease = Lease(f"{device_id}:{self.lease_prefix}{next(self._lease_ids)}", device_id,
+                      task_id, orion_id, attempt, task_description, task_data, timeout, on_done,
+                      trace_context)
         self._leases[lease.lease_id] = lease
+        if self.journal is not None and orion_id is not None:
+            self.journal.lease_started(lease)
         info.running[lease.lease_id] = lease
         info.current_task_id = task_id
         if info.status is not DeviceStatus.BUSY:
@@ -419,6 +465,8 @@ class OrionDeviceManager:
 
     def _release(self, lease: Lease) -> None:
         del self._leases[lease.lease_id]
+        if self.journal is not None and lease.orion_id is not None:
+            self.journal.lease_ended(lease.lease_id)
         if lease.timer is not None:
             lease.timer.cancel()
         info = self._devices.get(lease.device_id)
@@ -431,6 +479,33 @@ class OrionDeviceManager:
                 info.status = DeviceStatus.IDLE
                 self._publish_device(EventType.DEVICE_STATUS_CHANGED, info)
         self._notify_capacity(lease.device_id)
+
+    def restore_lease(self, record: dict[str, Any], task_description: str,
+                      task_data: dict[str, Any],
+                      on_done: Callable[[Lease, LeaseOutcome], None]) -> Lease:
+        """Re-create a lease from the store after a restart, held by its (offline) device.
+
+        An unknown device is registered as a placeholder (offline, no capabilities) until it
+        connects again. The lease's deadline still counts from its original start.
+        """
+        device_id = record["device_id"]
+        info = self._devices.get(device_id) or self.register(device_id)
+        lease = Lease(record["lease_id"], device_id, record["task_id"], record.get("orion_id"),
+                      int(record.get("attempt", 0)), task_description, task_data,
+                      record.get("timeout"), on_done, record.get("trace_context"))
+        lease.started_at = float(record.get("started_at") or lease.started_at)
+        lease.deadline = record.get("deadline")
+        self._leases[lease.lease_id] = lease
+        info.running[lease.lease_id] = lease
+        if lease.deadline is not None:
+            lease.timer = asyncio.get_running_loop().call_later(
+                max(0.0, lease.deadline - time.time()), self._expire, lease.lease_id)
+        return lease
+
+    def leases_of(self, orion_id: str) -> dict[str, Lease]:
+        """Live leases of an orion's stars, by task id."""
+        return {lease.task_id: lease for lease in self._leases.values()
+                if lease.orion_id == orion_id}
 
     def _finish(self, lease: Lease, outcome: LeaseOutcome) -> None:
         self._release(lease)
@@ -495,6 +570,8 @@ class OrionDeviceManager:
     async def shutdown(self) -> None:
         for device_id in list(self._links):
             self.device_lost(device_id, "device manager shut down")
+        for device_id in list(self._holds):
+            self._end_hold(device_id)
 
 
 ConstellationDeviceManager = OrionDeviceManager  # reference name

@@ -201,5 +201,7 @@ def apply_edits(orion: TaskOrion, edits: list[EditOperation]) -> EditOutcome:
                 raise EditRejectedError(cause, index, "INVALID") from exc
     finally:
         cancelled = orion._commit_deferred()
+    if orion._journal is not None and edits:
+        orion._journal.orion_saved(orion)  # the structure changed: rewrite the orion whole
     orion._touch()
     return EditOutcome(len(edits), [t.task_id for t in cancelled])

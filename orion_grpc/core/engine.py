@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from .device_manager import OrionDeviceManager
 from .events import EventBus
+from .journal import Journal
 from .manager import OrionManager
 from .orchestrator import TaskOrionOrchestrator
+from .store import Store
 from .synchronizer import OrionModificationSynchronizer
 
 
@@ -24,14 +26,21 @@ class EngineConfig:
 
 
 class OrionEngine:
-    """Event bus + device manager + orion manager + orchestrator + synchronizer, wired."""
+    """Event bus + device manager + orion manager + orchestrator + synchronizer, wired.
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    With a ``store`` every accepted change is journaled to it (``journal.py``) and
+    ``core.recovery.restore`` brings a restarted engine back from it; without one (the
+    default) nothing is persisted and nothing costs anything.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, store: Store | None = None) -> None:
         self.config = config or EngineConfig()
         self.bus = EventBus()
         self.devices = OrionDeviceManager(heartbeat_interval=self.config.heartbeat_interval,
                                           event_bus=self.bus)
         self.manager = OrionManager(self.devices)
+        self.journal = Journal(store) if store is not None else None
+        self.devices.journal = self.manager.journal = self.journal
         self.orchestrator = TaskOrionOrchestrator(
             self.devices, event_bus=self.bus, orion_manager=self.manager,
             max_concurrent_tasks=self.config.max_concurrent_tasks,
@@ -41,8 +50,17 @@ class OrionEngine:
         self.synchronizer = OrionModificationSynchronizer(self.orchestrator)
         self.synchronizer.set_modification_timeout(self.config.modification_timeout)
 
+    def seal_store(self) -> None:
+        """Persist nothing from now on (graceful shutdown): see ``Journal.seal``."""
+        if self.journal is not None:
+            self.journal.seal()
+            self.devices.journal = self.manager.journal = None
+
     async def close(self) -> None:
+        self.seal_store()  # stopping the runs below must not look like cancelling them
         for orion_id in list(self.orchestrator._runs):
             await self.orchestrator.cancel_orion(orion_id)
         await self.devices.shutdown()
         await self.bus.close()
+        if self.journal is not None:
+            await self.journal.close()

@@ -238,6 +238,8 @@ class EventBus:
     def __init__(self, max_queue_per_observer: int = 100_000) -> None:
         self._subs: dict[int, _Subscription] = {}
         self._by_type: dict[EventType, tuple[_Subscription, ...]] = {t: () for t in EventType}
+        self._wanted: dict[EventType, bool] = dict.fromkeys(EventType, False)
+        self._taps: tuple[Callable[[Event], object], ...] = ()
         self._max_queue = max_queue_per_observer
 
     def subscribe(self, observer: IEventObserver,
@@ -263,21 +265,42 @@ class EventBus:
                     fut.set_result(None)
         self._reindex()
 
+    def add_tap(self, tap: Callable[[Event], object]) -> None:
+        """Call ``tap(event)`` synchronously inside every ``publish``, before any observer.
+
+        For the one consumer that must see an event in the same loop step as the change it
+        describes: the server's event log, which journals both together (core/journal.py).
+        A tap must be fast and must not call back into the engine; if it raises, the error is
+        logged and publishing goes on.
+        """
+        self._taps = (*self._taps, tap)
+        self._reindex()
+
+    def remove_tap(self, tap: Callable[[Event], object]) -> None:
+        self._taps = tuple(t for t in self._taps if t is not tap)
+        self._reindex()
+
     def _reindex(self) -> None:
         self._by_type = {
             t: tuple(s for s in self._subs.values() if s.types is None or t in s.types)
             for t in EventType
         }
+        self._wanted = {t: bool(self._taps or self._by_type[t]) for t in EventType}
 
     def has_subscribers(self, event_type: EventType) -> bool:
         """Cheap check so hot paths can skip building events nobody will read."""
-        return bool(self._by_type[event_type])
+        return self._wanted[event_type]
 
     def is_subscribed(self, observer: IEventObserver) -> bool:
         return id(observer) in self._subs
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested observer; never blocks, never raises."""
+        for tap in self._taps:
+            try:
+                tap(event)
+            except Exception:
+                logger.exception("event tap %r failed on %s", tap, event.event_type)
         for sub in self._by_type[event.event_type]:
             sub.offer(event)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .device_manager import DeviceInfo, OrionDeviceManager
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, TaskStatus
 from .errors import InvalidArgumentError, UnavailableError, Violation
 from .task_orion import TaskOrion
 from .task_star import TaskStar
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 STRATEGIES = ("round_robin", "capability_match", "load_balance")
 
@@ -41,6 +44,7 @@ class OrionManager:
         self._logger = logging.getLogger(__name__) if enable_logging else None
         self._orions: dict[str, TaskOrion] = {}
         self._orion_metadata: dict[str, dict[str, Any]] = {}
+        self.journal: Journal | None = None  # set when a store persists the engine
 
     def _log(self, level: int, msg: str, *args: Any) -> None:
         if self._logger is not None:
@@ -58,6 +62,8 @@ class OrionManager:
     def register_orion(self, orion: TaskOrion, metadata: dict[str, Any] | None = None) -> str:
         self._orions[orion.orion_id] = orion
         self._orion_metadata[orion.orion_id] = dict(metadata or {})
+        if self.journal is not None:
+            self.journal.orion_registered(orion, self._orion_metadata[orion.orion_id])
         self._log(logging.INFO, "Registered orion '%s' (%s)", orion.name, orion.orion_id)
         return orion.orion_id
 
@@ -66,6 +72,8 @@ class OrionManager:
         self._orion_metadata.pop(orion_id, None)
         if orion is None:
             return False
+        if self.journal is not None:
+            self.journal.orion_deleted(orion_id)
         self._log(logging.INFO, "Unregistered orion '%s' (%s)", orion.name, orion_id)
         return True
 

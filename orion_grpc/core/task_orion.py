@@ -15,12 +15,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, OrionState, TaskStatus
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from .task_star import JsonSerializable, TaskStar, json_safe, to_datetime, to_timestamp, utcnow
 from .task_star_line import TaskStarLine
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 # Resolution of an edge, stored on the line object (attribute access beats dict lookups).
 UNRESOLVED, SATISFIED, UNSATISFIABLE = 0, 1, 2
@@ -49,6 +52,9 @@ class TaskOrion(JsonSerializable):
         # During an edit batch: edges to decide at commit (see edits.apply_edits).
         self._deferred: list[TaskStarLine] | None = None
         self._change_listeners: list[Callable[[], None]] = []
+        # Set while a store journals this orion (core/journal.py): every status change and
+        # lifecycle step is noted there, and persisted at the end of the loop step.
+        self._journal: Journal | None = None
         self._metadata: dict[str, Any] = dict(metadata) if metadata else {}
         self._created_at = utcnow()
         self._updated_ts = time.time()  # epoch float: _touch runs on every mutation
@@ -92,6 +98,8 @@ class TaskOrion(JsonSerializable):
     def mark_cancelled(self) -> None:
         self._cancel_requested = True
         self._touch()
+        if self._journal is not None:
+            self._journal.orion_changed(self)
 
     @property
     def tasks(self) -> dict[str, TaskStar]:
@@ -116,6 +124,8 @@ class TaskOrion(JsonSerializable):
     def update_metadata(self, metadata: dict[str, Any]) -> None:
         self._metadata.update(metadata)
         self._touch()
+        if self._journal is not None:
+            self._journal.orion_changed(self)
 
     @property
     def created_at(self) -> datetime:
@@ -164,6 +174,8 @@ class TaskOrion(JsonSerializable):
             self._ready[task._task_id] = None
         elif new not in MODIFIABLE_STATUSES:
             self._ready.pop(task._task_id, None)
+        if self._journal is not None:
+            self._journal.star_changed(self, task)
 
     def pop_ready_ids(self) -> list[str]:
         """Ids that became ready since the last call (the scheduler re-checks each one)."""
@@ -536,11 +548,15 @@ class TaskOrion(JsonSerializable):
             if task._status is TaskStatus.PENDING and task._unresolved:
                 task._mark_waiting(True)
         self._touch()
+        if self._journal is not None:
+            self._journal.orion_changed(self)
 
     def complete_execution(self) -> None:
         self._execution_end_time = utcnow()
         self._scheduling = False
         self._touch()
+        if self._journal is not None:
+            self._journal.orion_changed(self)
 
     # ------------------------------------------------------------------ validation & analysis
     def validate_dag(self) -> tuple[bool, list[str]]:

@@ -474,7 +474,8 @@ class TaskStar(JsonSerializable):
             required_capabilities=data.get("required_capabilities"),
         )
         status = parse_enum(TaskStatus, data.get("status"), TaskStatus.PENDING)
-        error = TaskFailure(data["error"]) if data.get("error") else None
+        error = TaskFailure(data["error"], data.get("error_reason") or "task_error") \
+            if data.get("error") else None
         task._restore_state(status, data.get("result"), error,  # type: ignore[arg-type]
                             int(data.get("current_retry", 0)))
         for key in ("created_at", "updated_at", "execution_start_time", "execution_end_time"):
