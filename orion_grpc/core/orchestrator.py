@@ -15,6 +15,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .device_manager import (
@@ -216,7 +217,29 @@ class TaskOrionOrchestrator:
         ``synchronize=False`` keeps an attached modification synchronizer out of this run (a
         server hosts orions with and without a planner; only the former wait for one).
         """
-        run = _Run(self, orion, assignment_strategy, metadata or {}, synchronize)
+        return await self._drive(_Run(self, orion, assignment_strategy, metadata or {},
+                                      synchronize))
+
+    def resume_run(self, orion: TaskOrion, assignment_strategy: str | None = None,
+                   metadata: dict[str, Any] | None = None, *, synchronize: bool = True,
+                   grace: float = 0.0) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Continue a run restored from a store (core/recovery.py); returns the coroutine that
+        drives it to the end, like ``run_prepared``.
+
+        The run adopts its restored leases NOW, not when the coroutine first runs, so a
+        device that reconnects and replays a result at once is never missed. Stars whose
+        device has not reconnected yet wait ``grace`` seconds for it before the usual
+        ``device_grace_period`` rules move or fail them. An orion that never started is
+        simply started.
+        """
+        run = _Run(self, orion, assignment_strategy, metadata or {}, synchronize, grace)
+        self._runs[orion.orion_id] = run
+        if orion.execution_start_time is not None:
+            run._resume()
+        return self._drive(run)
+
+    async def _drive(self, run: _Run) -> dict[str, Any]:
+        orion = run.orion
         self._runs[orion.orion_id] = run
         try:
             return await run.execute()
@@ -317,8 +340,11 @@ class _Run:
     """The scheduling state of one orion being orchestrated."""
 
     def __init__(self, orch: TaskOrionOrchestrator, orion: TaskOrion, strategy: str | None,
-                 metadata: dict[str, Any], synchronize: bool = True) -> None:
+                 metadata: dict[str, Any], synchronize: bool = True,
+                 resume_grace: float | None = None) -> None:
         self.orch = orch
+        self.resume_grace = resume_grace
+        self.resumed = False  # continues a run restored from a store (see _resume)
         self.synchronize = synchronize
         self.orion = orion
         self.dm = orch._require_device_manager()
@@ -343,17 +369,22 @@ class _Run:
     async def execute(self) -> dict[str, Any]:
         orch, orion, dm = self.orch, self.orion, self.dm
         orch._manager.register_orion(orion, self.metadata)
+        if orch._manager.journal is not None:
+            orch._manager.journal.run_started(orion, self.strategy, self.metadata,
+                                              self.synchronize)
         if orch._synchronizer is not None:
             if self.synchronize:
                 orch._synchronizer.attach(orion.orion_id)
             else:
                 orch._synchronizer.exclude(orion.orion_id)
-        orion.start_execution()
-        orch._publish_orion(EventType.ORION_STARTED, orion, {
-            "total_tasks": orion.task_count, "assignment_strategy": self.strategy,
-            "synchronized": self.synchronize,
-            "device_assignments": {t.task_id: t.target_device_id for t in orion.get_all_tasks()},
-            **self.metadata})
+        if not self.resumed:
+            orion.start_execution()
+            orch._publish_orion(EventType.ORION_STARTED, orion, {
+                "total_tasks": orion.task_count, "assignment_strategy": self.strategy,
+                "synchronized": self.synchronize,
+                "device_assignments": {t.task_id: t.target_device_id
+                                       for t in orion.get_all_tasks()},
+                **self.metadata})
         wake = self.wake.set
         dm.add_capacity_listener(self._on_capacity)
         orion.add_change_listener(wake)
@@ -394,6 +425,32 @@ class _Run:
                 self._call_hook(hooks.on_orion_end, orion, orion.state)
             self.finished.set()
         return self._finish()
+
+    def _resume(self) -> None:
+        """Continue a run restored from a store: adopt its restored leases, and let stars wait
+        ``resume_grace`` for devices that have not reconnected yet."""
+        self.resumed = True
+        leases = self.dm.leases_of(self.orion.orion_id)
+        for task in self.orion.get_running_tasks():
+            lease = leases.get(task.task_id)
+            if lease is None:  # defensive: a star and its lease are committed together
+                lease = Lease(f"lost:{task.task_id}", task.target_device_id or "", task.task_id,
+                              self.orion.orion_id, task.current_retry, "", {}, None,
+                              self._on_lease_done, None)
+                self.leases[task.task_id] = lease
+                self._on_lease_done(lease, LeaseOutcome(
+                    False, error="its attempt was lost when the server restarted",
+                    reason=REASON_DEVICE_DISCONNECTION))
+                continue
+            lease.on_done = self._on_lease_done
+            self.leases[task.task_id] = lease
+        # _device_offline counts device_grace_period from offline_since: date it so that the
+        # wait for a device that has not reconnected yet ends resume_grace from now.
+        start = time.monotonic() + max(0.0, (self.resume_grace or 0.0)
+                                       - self.orch.device_grace_period)
+        for device in self.dm.get_all_devices().values():
+            if not device.is_online:
+                self.offline_since[device.device_id] = start
 
     async def _synchronize(self) -> None:
         """Before dispatching, let the planner acknowledge finished stars (bounded wait)."""
