@@ -21,10 +21,12 @@ COPY --from=build /opt/orion /opt/orion
 ENV PATH=/opt/orion/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ORION_HOST=0.0.0.0 \
-    ORION_PORT=50051
+    ORION_PORT=50051 \
+    ORION_STORE=/data/orion.db
 USER orion
 WORKDIR /data
-# Durable state (the SQLite store, once it lands) lives here.
+# Durable state — the SQLite store (orions, stars' states, event history, request ids) —
+# lives here: keep the volume and a restarted container resumes every orion.
 VOLUME ["/data"]
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \

@@ -219,8 +219,12 @@ class LocalFleet:
         await self.stop()
 
     async def start(self) -> None:
+        # A fleet is a throwaway: its server keeps nothing across runs (:memory:) unless the
+        # caller passes --store (orion serve would otherwise use ./orion-data).
+        store = () if any(a.startswith("--store") for a in self.server_args) \
+            else ("--store", ":memory:")
         self.server = await ChildProcess.start("server", orion_command(
-            "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING",
+            "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING", *store,
             *self.server_args))
         line = await self.server.wait_line("listening on ", self.start_timeout)
         port = line.removeprefix("listening on ").rsplit(":", 1)[1]

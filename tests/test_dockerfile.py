@@ -52,6 +52,8 @@ def test_install_and_entrypoint_steps_work_in_a_fresh_venv(tmp_path: Path) -> No
         key, value = assignment.split("=", 1)
         env[key] = value.replace("$PATH", os.environ["PATH"]).replace("/opt/orion", str(venv))
     env["ORION_PORT"] = "0"  # the image uses 50051; a free port keeps the test independent
+    assert env["ORION_STORE"] == "/data/orion.db"  # the store lives on the volume
+    env["ORION_STORE"] = str(tmp_path / "orion.db")  # ... which this machine does not have
     entry = json.loads(_instructions("ENTRYPOINT")[0]) + json.loads(_instructions("CMD")[0])
     server = subprocess.Popen([str(venv / "bin" / entry[0]), *entry[1:]], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

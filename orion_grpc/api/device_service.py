@@ -630,8 +630,15 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
 
     def _on_result(self, session: _Session, msg: pb.TaskResult) -> None:
         accepted, reason = self._accept_result(session, msg)
-        session.send(pb.ConnectResponse(result_ack=pb.ResultAck(
-            lease_id=msg.lease_id, accepted=accepted, reason=reason)))
+        ack = pb.ConnectResponse(result_ack=pb.ResultAck(
+            lease_id=msg.lease_id, accepted=accepted, reason=reason))
+        journal = self.engine.journal
+        if journal is None:
+            session.send(ack)
+        else:
+            # Acknowledge once the outcome is committed: until then the device keeps the
+            # result and replays it after a restart (accepted once, by lease fencing).
+            journal.call_when_durable(lambda: session.send(ack))
 
     def _accept_result(self, session: _Session, msg: pb.TaskResult) -> tuple[bool, str]:
         dm, device_id = self.devices, session.device_id

@@ -7,9 +7,14 @@ sequence it has examined last), so a subscriber costs O(1) memory however far be
 one that falls behind by more than ``max_lag`` events (at most the retention) is cut off with
 RESOURCE_EXHAUSTED and a resume token rather than growing memory.
 
-Resume tokens are ``base64url("v1.<epoch>.<sequence>")``: the epoch is new for every server
-process (there is no persistent log yet), so a token from an earlier process is refused with
-FAILED_PRECONDITION (RESUME_TOKEN_EPOCH_MISMATCH) and a token older than the retained history
+Resume tokens are ``base64url("v1.<epoch>.<sequence>")``. With a store (``journal``) the
+epoch is the store's and the log continues across restarts: each event is journaled in the
+same loop step as the change it describes (the log is a synchronous tap on the bus), the
+newest ``retention`` events are loaded back at start, and watchers are only ever sent events
+that are already durable — so a token a client holds always names an event that a restarted
+server still has, and resuming from it yields no gap and no duplicate. Without a store the
+epoch is new for every process. A token from another epoch is refused with
+FAILED_PRECONDITION (RESUME_TOKEN_EPOCH_MISMATCH) and one older than the retained history
 with OUT_OF_RANGE (RESUME_TOKEN_EXPIRED); both messages say how to recover.
 """
 
@@ -21,11 +26,13 @@ import binascii
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 
-from ..core import DeviceEvent, Event, IEventObserver, Violation
+from ..core import DeviceEvent, Event, EventBus, IEventObserver, Violation
+from ..core.journal import Journal
 from ..gen.orion.v1 import event_pb2, orion_pb2
 from .convert import set_timestamp
 from .convert_events import event_to_pb
@@ -54,19 +61,41 @@ class Subscription:
 
 
 class EventLog(IEventObserver):
+    """The numbered, retained, durable (with a ``journal``) event history.
+
+    :param journal: persist every event and deliver only durable ones (see the module doc).
+    :param history: ``(sequence, encoded Event)`` pairs loaded from the store, oldest first;
+        numbering continues after the last.
+    """
+
     def __init__(self, retention: int = 50_000, max_lag: int | None = None,
-                 epoch: str | None = None) -> None:
+                 epoch: str | None = None, *, journal: Journal | None = None,
+                 history: Iterable[tuple[int, bytes]] = ()) -> None:
         if retention < 1:
             raise ValueError("retention must be at least 1")
         self.retention = retention
         self.max_lag = min(max_lag or retention, retention)
         self.epoch = epoch or f"{int(time.time()):x}{os.urandom(3).hex()}"
-        self._entries: deque[LogEntry] = deque()
-        self._next = 1
+        self._entries: deque[LogEntry] = deque(maxlen=None)
+        for sequence, data in history:
+            self._entries.append(LogEntry(sequence, event_pb2.Event.FromString(data), None))
+        while len(self._entries) > retention:
+            self._entries.popleft()
+        self._next = self._entries[-1].sequence + 1 if self._entries else 1
+        self._durable = self._next - 1  # newest event that watchers may see
+        self._journal = journal
+        self._pending: deque[list[int]] = deque()  # [batch number, newest sequence in it]
+        if journal is not None:
+            journal.add_commit_listener(self._committed)
         self._subs: set[Subscription] = set()
         self._device_status: dict[str, str] = {}
         self.closed_reason: str | None = None
         self.snapshot_watchers = 0  # watchers with include_orion_snapshots
+
+    def attach(self, bus: EventBus) -> None:
+        """Log every event ``bus`` publishes, in the same loop step (a tap, not an observer:
+        the event must be journaled together with the change it describes)."""
+        bus.add_tap(self.append)
 
     # ------------------------------------------------------------------ writing
     async def on_event(self, event: Event) -> None:
@@ -85,19 +114,52 @@ class EventLog(IEventObserver):
                                    orion_snapshot=self.snapshot_watchers > 0)
         entry = LogEntry(seq, pb, snapshot)
         self._entries.append(entry)
+        journal = self._journal
         if len(self._entries) > self.retention:
             self._entries.popleft()
+            if journal is not None and seq % 1024 == 0:
+                journal.trim_events(self._entries[0].sequence)
+        if journal is not None:
+            journal.event(seq, pb.SerializeToString())
+            batch = journal.pending_batch()
+            pending = self._pending
+            if pending and pending[-1][0] == batch:
+                pending[-1][1] = seq
+            else:
+                pending.append([batch, seq])
+            for sub in self._subs:
+                if seq - sub.cursor > sub.max_lag:
+                    sub.overflow = True
+                    sub.wake.set()
+            return entry
+        self._durable = seq
         for sub in self._subs:
             if seq - sub.cursor > sub.max_lag:
                 sub.overflow = True
             sub.wake.set()
         return entry
 
+    def _committed(self, batch: int) -> None:
+        """The journal committed ``batch``: the events in it may now be sent."""
+        pending = self._pending
+        durable = self._durable
+        while pending and pending[0][0] <= batch:
+            durable = pending.popleft()[1]
+        if durable != self._durable:
+            self._durable = durable
+            for sub in self._subs:
+                sub.wake.set()
+
     # ------------------------------------------------------------------ positions
     @property
     def latest_sequence(self) -> int:
         """Sequence of the newest event (0 before the first)."""
         return self._next - 1
+
+    @property
+    def durable_sequence(self) -> int:
+        """Sequence of the newest event watchers may see (committed to the store, if any)."""
+        return self._durable
 
     @property
     def oldest_sequence(self) -> int:
@@ -166,17 +228,18 @@ class EventLog(IEventObserver):
         return sub.cursor < self.oldest_sequence - 1
 
     def read(self, sub: Subscription, limit: int = 512) -> list[LogEntry]:
-        """Entries after the subscriber's cursor, oldest first (contiguous sequences).
+        """Durable entries after the subscriber's cursor, oldest first (contiguous sequences).
 
         A list, not a lazy view: the ring may shift while the caller awaits between entries.
         """
         entries = self._entries
         if not entries:
             return []
-        start = sub.cursor + 1 - entries[0].sequence
+        first = entries[0].sequence
+        start = sub.cursor + 1 - first
         if start < 0 or start >= len(entries):
             return []
-        stop = min(len(entries), start + limit)
+        stop = min(len(entries), start + limit, self._durable + 1 - first)
         return [entries[i] for i in range(start, stop)]  # deque indexing is cheap near the ends
 
     def bookmark(self, cursor: int) -> event_pb2.Event:

@@ -78,7 +78,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
             return log.parse_token(request.resume_token)
         if request.include_history:
             return log.oldest_sequence - 1
-        return log.latest_sequence
+        return log.durable_sequence  # "from now": a token must never name a non-durable event
 
     @rpc_errors
     async def WatchEvents(self, request: pb.WatchEventsRequest,
@@ -123,7 +123,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         log = self.log
         if log.closed_reason is None:
             return
-        token = log.token(log.latest_sequence if cursor is None else cursor)
+        token = log.token(log.durable_sequence if cursor is None else cursor)
         raise ApiError(grpc.StatusCode.UNAVAILABLE,
                        f"{log.closed_reason}, resume with token {token}", "SERVER_SHUTTING_DOWN",
                        metadata={"resume_token": token})

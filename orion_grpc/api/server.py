@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from ..core import EngineConfig, FakeDevice, OrionEngine
+from ..core.recovery import restore
 from ..gen.orion.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -48,6 +49,7 @@ from ..observability.hooks import chain_hooks
 from ..observability.metrics import OrionMetrics
 from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
+from ..store.sqlite import SYNC_MODES, open_store
 from .event_log import EventLog
 from .event_service import EventServicer
 from .manager_service import ManagerServicer
@@ -67,6 +69,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+DEFAULT_STORE = "orion-data/orion.db"  # orion serve's store, relative to where it runs
 
 SERVICE_NAMES = [
     orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
@@ -114,6 +117,17 @@ class ServerConfig:
                                      default=0.5)
     device_grace_period: float = _opt(
         "seconds ready stars wait for their offline device before moving", default=10.0)
+    store: str = _opt(
+        "where accepted orions, their stars' states, the event history and request ids are "
+        "persisted: a SQLite file, ':memory:' (SQLite in this process only) or 'none' (no "
+        f"store); 'orion serve' defaults to {DEFAULT_STORE}, an embedded OrionServer to none",
+        default="")
+    store_sync: str = _opt("SQLite synchronous mode: 'full' (fsync per group commit; "
+                           "survives power loss) or 'normal' (survives a killed process only)",
+                           default="full")
+    reconnect_grace: float = _opt(
+        "seconds a device's running stars stay leased to it after a server restart, waiting "
+        "for it to reconnect, before they are retried by the normal rules", default=60.0)
     fake_devices: int = _opt("FOR DEMOS AND TESTS ONLY: attach this many in-process simulated "
                              "devices (linux/windows/android)", default=0)
     fake_latency: float = _opt("seconds each simulated device takes per star", default=0.2)
@@ -141,11 +155,13 @@ class ServerConfig:
 
     @classmethod
     def from_sources(cls, args: argparse.Namespace | Mapping[str, Any] | None = None,
-                     env: Mapping[str, str] | None = None) -> ServerConfig:
-        """Flags win over ``ORION_*`` environment variables, which win over defaults."""
+                     env: Mapping[str, str] | None = None,
+                     defaults: Mapping[str, Any] | None = None) -> ServerConfig:
+        """Flags win over ``ORION_*`` environment variables, which win over ``defaults`` (what
+        a command changes, e.g. ``orion serve``'s store), which win over the field defaults."""
         env = os.environ if env is None else env
         given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         for f in dataclasses.fields(cls):
             kind = _field_type(f)
             if given.get(f.name) is not None:
@@ -178,6 +194,10 @@ class ServerConfig:
             problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
         if self.fake_devices < 0:
             problems.append("fake_devices must not be negative")
+        if self.store_sync not in SYNC_MODES:
+            problems.append(f"store_sync must be one of {', '.join(SYNC_MODES)}")
+        if self.reconnect_grace < 0:
+            problems.append("reconnect_grace must not be negative")
         if self.lease_ttl <= self.heartbeat_interval:
             problems.append(f"lease_ttl ({self.lease_ttl:g}) must exceed heartbeat_interval "
                             f"({self.heartbeat_interval:g}), or every device would be lost")
@@ -296,12 +316,27 @@ class OrionServer:
     async def start(self) -> int:
         config = self.config
         if self._engine is None:
-            self._engine = OrionEngine(config.engine_config())
+            store = open_store(config.store, sync=config.store_sync) \
+                if config.store not in ("", "none") else None
+            self._engine = OrionEngine(config.engine_config(), store=store)
         engine = self._engine
         engine.orchestrator.set_modification_synchronizer(engine.synchronizer)
-        events = EventLog(config.event_retention, config.watch_max_lag or None)
-        engine.bus.subscribe(events)
-        self._state = state = ApiState(engine, events, IdempotencyCache())
+        journal = engine.journal
+        stored = journal.store.load(config.event_retention) if journal is not None else None
+        runs = restore(engine, stored, hold=config.reconnect_grace) if stored else []
+        events = EventLog(config.event_retention, config.watch_max_lag or None,
+                          stored.meta.get("epoch") if stored else None, journal=journal,
+                          history=stored.events if stored else ())
+        events.attach(engine.bus)
+        self._state = state = ApiState(engine, events, IdempotencyCache(
+            journal=journal, records=stored.requests if stored else ()))
+        for run in runs:
+            state.runs.resume(run, config.reconnect_grace)
+        if journal is not None:
+            await journal.barrier()  # the new boot is durable before any lease is issued
+            logger.info("store %s: %d orions restored, %d runs resumed, events from %d",
+                        journal.store.describe(), len(engine.manager._orions), len(runs),
+                        events.latest_sequence + 1)
 
         if self.metrics is None and config.metrics_port is not None:
             self.metrics, self._owns_metrics = OrionMetrics(), True
@@ -364,6 +399,10 @@ class OrionServer:
         grace = self.config.grace if grace is None else grace
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self._engine is not None:
+            # What the shutdown does (devices told goodbye, runs stopped) is not persisted:
+            # with a store, a restart resumes every orion where it was.
+            self._engine.seal_store()
         if self._state is not None:
             self._state.events.close("server shutting down")
         await self._call_device_service("close")  # devices get goodbye

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from ..core import (
     TaskOrion,
     Violation,
 )
+from ..core.recovery import RecoveredRun
 from .convert import result_from_orion
 from .errors import ApiError
 from .event_log import EventLog
@@ -57,14 +58,22 @@ class RunRegistry:
             await self._assign(orion, dict(assignments), strategy)
             engine = self.engine
             engine.manager.register_orion(orion, dict(metadata))  # visible before it starts
-            task = asyncio.get_running_loop().create_task(
-                engine.orchestrator.run_prepared(orion, strategy, dict(metadata),
-                                                 synchronize=synchronize),
-                name=f"orion-run-{orion_id}")
-            self._tasks[orion_id] = task
-            task.add_done_callback(lambda t, oid=orion_id: self._done(oid, t))  # type: ignore[misc]
+            if engine.journal is not None:  # accepted = persisted with how to run it
+                engine.journal.run_started(orion, strategy, dict(metadata), synchronize)
+            self._launch(orion_id, engine.orchestrator.run_prepared(
+                orion, strategy, dict(metadata), synchronize=synchronize))
         finally:
             self._reserved.discard(orion_id)
+
+    def resume(self, run: RecoveredRun, grace: float) -> None:
+        """Continue a run restored from the store (``core.recovery``)."""
+        self._launch(run.orion.orion_id, self.engine.orchestrator.resume_run(
+            run.orion, run.strategy, run.metadata, synchronize=run.synchronize, grace=grace))
+
+    def _launch(self, orion_id: str, body: Coroutine[Any, Any, dict[str, Any]]) -> None:
+        task = asyncio.get_running_loop().create_task(body, name=f"orion-run-{orion_id}")
+        self._tasks[orion_id] = task
+        task.add_done_callback(lambda t, oid=orion_id: self._done(oid, t))  # type: ignore[misc]
 
     async def _assign(self, orion: TaskOrion, explicit: dict[str, str], strategy: str | None
                       ) -> None:
@@ -131,17 +140,29 @@ class ApiState:
                  idempotency: IdempotencyCache | None = None) -> None:
         self.engine = engine
         self.events = events
-        self.idempotency = idempotency or IdempotencyCache()
+        # not "or": an empty cache is falsy (it has a __len__)
+        self.idempotency = idempotency if idempotency is not None else IdempotencyCache()
         self.runs = RunRegistry(engine)
         self._versions: dict[str, int] = {}
+        journal = engine.journal
+        if journal is not None:  # versions of orions restored from the store
+            for orion in engine.manager._orions.values():
+                version = journal.extras(orion.orion_id).get("version")
+                if version:
+                    self._versions[orion.orion_id] = int(version)
 
     def version(self, orion_id: str) -> int:
         """Structural version of an orion: 1 when first seen, +1 per accepted edit here."""
         return self._versions.setdefault(orion_id, 1)
 
     def bump_version(self, orion_id: str) -> int:
-        self._versions[orion_id] = self.version(orion_id) + 1
-        return self._versions[orion_id]
+        self._versions[orion_id] = version = self.version(orion_id) + 1
+        journal = self.engine.journal
+        orion = self.find_orion(orion_id)
+        if journal is not None and orion is not None:
+            journal.set_extras(orion, version=version)  # and the orion is written again
+            journal.orion_saved(orion)  # assignments changed too (not status changes)
+        return version
 
     def find_orion(self, orion_id: str) -> TaskOrion | None:
         engine = self.engine

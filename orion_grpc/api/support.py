@@ -9,14 +9,16 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from ..core import Violation
+from ..core.journal import Journal
 from .errors import ApiError
 
 T = TypeVar("T")
@@ -40,6 +42,23 @@ def _fingerprint(request: Message) -> bytes:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
 
 
+def _encode_answer(answer: Any) -> dict[str, Any] | None:
+    if isinstance(answer, str):
+        return {"kind": "text", "value": answer}
+    if isinstance(answer, Message):
+        return {"kind": "message", "type": answer.DESCRIPTOR.full_name,
+                "data": base64.b64encode(answer.SerializeToString()).decode()}
+    return None  # not storable: remembered by this process only
+
+
+def _decode_answer(record: dict[str, Any]) -> Any:
+    if record["kind"] == "text":
+        return record["value"]
+    cls = message_factory.GetMessageClass(
+        descriptor_pool.Default().FindMessageTypeByName(record["type"]))
+    return cls.FromString(base64.b64decode(record["data"]))
+
+
 class IdempotencyCache:
     """Remembers the answer to each (method, request_id) for a while.
 
@@ -47,12 +66,49 @@ class IdempotencyCache:
     still running) instead of acting twice; the same id with a *different* request is refused
     (INVALID_ARGUMENT, REQUEST_ID_REUSED). Only successes are remembered: after an error a retry
     runs again. Bounded by ``max_entries`` (oldest evicted) and ``ttl`` seconds.
+
+    With a ``journal`` the answers are durable: each is journaled in the same loop step as
+    the change that produced it (so a restart never finds the change without its answer, or
+    the reverse), every answer is sent only once it is committed — with or without a
+    request_id: "persisted before acknowledged" — and ``records`` (from the store) bring them
+    back after a restart.
     """
 
-    def __init__(self, max_entries: int = 4096, ttl: float = 3600.0) -> None:
+    def __init__(self, max_entries: int = 4096, ttl: float = 3600.0, *,
+                 journal: Journal | None = None,
+                 records: Iterable[tuple[str, str, dict[str, Any]]] = ()) -> None:
         self.max_entries = max_entries
         self.ttl = ttl
+        self.journal = journal
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._stored = 0
+        now, wall = time.monotonic(), time.time()
+        for method, request_id, record in records:
+            age = wall - float(record.get("created", 0.0))
+            if age > ttl or "answer" not in record:
+                continue
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_result(_decode_answer(record["answer"]))
+            self._entries[(method, request_id)] = _Entry(bytes.fromhex(record["fingerprint"]),
+                                                         future, now - age)
+        while len(self._entries) > max_entries:
+            self._entries.popitem(last=False)
+
+    async def _durable(self) -> None:
+        if self.journal is not None:
+            await self.journal.barrier()
+
+    def _store(self, method: str, request_id: str, fingerprint: bytes, answer: Any) -> None:
+        journal = self.journal
+        encoded = _encode_answer(answer)
+        if journal is None or encoded is None:
+            return
+        created = time.time()
+        journal.request(method, request_id, {"fingerprint": fingerprint.hex(),
+                                             "created": created, "answer": encoded})
+        self._stored += 1
+        if self._stored % 256 == 0:
+            journal.trim_requests(created - self.ttl)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,7 +116,9 @@ class IdempotencyCache:
     async def run(self, method: str, request: Message, produce: Callable[[], Awaitable[T]]) -> T:
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
-            return await produce()
+            answer = await produce()
+            await self._durable()
+            return answer
         key = (method, request_id)
         fingerprint = _fingerprint(request)
         now = time.monotonic()
@@ -76,7 +134,9 @@ class IdempotencyCache:
                     "request; use a new request_id for a new request", "REQUEST_ID_REUSED",
                     [Violation("request_id", "already used for a different request",
                                "REQUEST_ID_REUSED")], {"request_id": request_id})
-            return await asyncio.shield(entry.future)  # type: ignore[no-any-return]
+            answer = await asyncio.shield(entry.future)
+            await self._durable()
+            return answer  # type: ignore[no-any-return]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._entries[key] = _Entry(fingerprint, future, now)
         while len(self._entries) > self.max_entries:
@@ -96,6 +156,8 @@ class IdempotencyCache:
             raise
         if not future.done():
             future.set_result(result)
+        self._store(method, request_id, fingerprint, result)  # same loop step as the change
+        await self._durable()
         return result
 
 

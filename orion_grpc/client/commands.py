@@ -248,11 +248,12 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..api.server import ServerConfig, serve
+    from ..api.server import DEFAULT_STORE, ServerConfig, serve
     from ..observability.tracing import TracingConfigError
+    from ..store import StoreError
 
     try:
-        config = ServerConfig.from_sources(args)
+        config = ServerConfig.from_sources(args, defaults={"store": DEFAULT_STORE})
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -260,7 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(config))
-    except (OSError, TracingConfigError) as exc:  # e.g. port in use; OTEL_* asks the impossible
+    except (OSError, TracingConfigError, StoreError) as exc:
+        # e.g. port in use; OTEL_* asks the impossible; another server has the store
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK

@@ -18,7 +18,7 @@ from orion_grpc.client import OrionClient
 from orion_grpc.observability import OrionMetrics, Tracing
 
 TEST_CONFIG: dict[str, Any] = {"port": 0, "grace": 0.5, "retry_backoff_base": 0.0,
-                               "device_grace_period": 0.0, "bookmark_interval": 30.0}
+                               "device_grace_period": 0.0, "bookmark_interval": 30.0, "store": ":memory:"}
 
 MakeServer = Callable[..., Awaitable[OrionServer]]
 

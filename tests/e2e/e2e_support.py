@@ -32,8 +32,11 @@ class ServerProcess:
 
     def __init__(self, *args: str, ready_timeout: float = 20.0) -> None:
         self.log = tempfile.TemporaryFile(mode="w+")
+        # orion serve stores in ./orion-data by default; a test passes --store to keep one.
+        store = () if any(a == "--store" or a.startswith("--store=") for a in args) \
+            else ("--store", ":memory:")
         self.proc = subprocess.Popen(
-            orion_command("serve", "--port", "0", "--log-level", "WARNING", *args),
+            orion_command("serve", "--port", "0", "--log-level", "WARNING", *store, *args),
             stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT, env=child_env())
         line = self._readline(ready_timeout)
         if not line.startswith("listening on "):

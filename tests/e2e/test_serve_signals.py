@@ -8,7 +8,8 @@ import sys
 
 
 def test_repeated_sigterm_during_shutdown_still_exits_cleanly() -> None:
-    server = subprocess.Popen([sys.executable, "-m", "orion_grpc.cli", "serve", "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "orion_grpc.cli", "serve", "--port", "0",
+                               "--store", ":memory:"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None
