@@ -342,6 +342,9 @@ class OrionServer:
             self.metrics, self._owns_metrics = OrionMetrics(), True
         metrics_hooks = None if self.metrics is None else \
             self.metrics.attach(engine, lambda: events.subscriber_count)
+        if self.metrics is not None and journal is not None:
+            journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
+                                                                                   seconds)
         if self.tracing is not None:
             self.interceptors = [self.tracing.server_interceptor()]
         engine.orchestrator.set_tracer_hooks(chain_hooks(

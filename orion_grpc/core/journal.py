@@ -135,6 +135,8 @@ class Journal:
         # (batch number, future to resolve or callback to call once it is committed)
         self._waiters: deque[tuple[int, asyncio.Future[None] | Callable[[], None]]] = deque()
         self._listeners: list[Callable[[int], None]] = []
+        # Called on the loop with each commit's duration in seconds (metrics, if any).
+        self.commit_timer: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ notes (hot path)
     def star_changed(self, orion: TaskOrion, task: TaskStar) -> None:
@@ -290,6 +292,7 @@ class Journal:
                 batches, self._queue = self._queue, []
             if not batches:
                 return  # closing, and nothing left
+            elapsed = 0.0
             if self.failure is not None:
                 error: BaseException | None = self.failure
             else:
@@ -314,11 +317,12 @@ class Journal:
             if loop is None:
                 continue
             try:
-                loop.call_soon_threadsafe(self._committed, batches[-1].number, error)
+                loop.call_soon_threadsafe(self._committed, batches[-1].number, error, elapsed)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-    def _committed(self, number: int, error: BaseException | None) -> None:
+    def _committed(self, number: int, error: BaseException | None,
+                   elapsed: float = 0.0) -> None:
         if error is not None:
             if self.failure is None:
                 self.failure = error
@@ -330,6 +334,8 @@ class Journal:
                     waiter.set_exception(self._unavailable())
             return  # callbacks are dropped: what they would acknowledge is not durable
         self._durable = number
+        if self.commit_timer is not None:
+            self.commit_timer(elapsed)
         waiters = self._waiters
         while waiters and waiters[0][0] <= number:
             waiter = waiters.popleft()[1]
