@@ -27,16 +27,22 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def store_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``orion serve`` keeps its state in ./orion-data by default: a test server keeps
+    nothing (``--store :memory:``) unless the test passes a ``--store`` of its own."""
+    if any(a == "--store" or a.startswith("--store=") for a in args):
+        return ()
+    return ("--store", ":memory:")
+
+
 class ServerProcess:
     """``orion serve --port 0 …`` in a subprocess; ready once it prints its first line."""
 
     def __init__(self, *args: str, ready_timeout: float = 20.0) -> None:
         self.log = tempfile.TemporaryFile(mode="w+")
-        # orion serve stores in ./orion-data by default; a test passes --store to keep one.
-        store = () if any(a == "--store" or a.startswith("--store=") for a in args) \
-            else ("--store", ":memory:")
         self.proc = subprocess.Popen(
-            orion_command("serve", "--port", "0", "--log-level", "WARNING", *store, *args),
+            orion_command("serve", "--port", "0", "--log-level", "WARNING", *store_args(args),
+                          *args),
             stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT, env=child_env())
         line = self._readline(ready_timeout)
         if not line.startswith("listening on "):
@@ -178,7 +184,8 @@ class ServerChild(Child):
     async def start(cls, *args: str, log_level: str = "WARNING",
                     env: dict[str, str] | None = None) -> ServerChild:
         server = cls(await cls._spawn(orion_command("serve", "--port", "0", "--log-level",
-                                                    log_level, *args), env), "orion serve")
+                                                    log_level, *store_args(args), *args), env),
+                     "orion serve")
         try:
             line = await server.wait_for_line("listening on ", "stdout", timeout=30)
         except AssertionError:
