@@ -24,7 +24,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -209,6 +209,7 @@ class DeviceAgent:
         self.session_id = ""
         self.heartbeat_interval = 0.0
         self.lease_ttl = 0.0
+        self.clock_offset = 0.0  # seconds the server's wall clock is ahead of this device's
         self.session_attempts = 0  # streams opened (welcomed or not)
         self.sessions_opened = 0  # streams welcomed
         self.max_running = 0
@@ -459,6 +460,10 @@ class DeviceAgent:
     def _on_welcome(self, session: _Session, welcome: pb.ServerWelcome) -> None:
         session.welcome = welcome
         self.session_id = welcome.session_id
+        if welcome.HasField("server_time"):
+            # How far the server's wall clock is ahead of ours (off by the one-way latency):
+            # deadlines the server sends are converted into our clock with it.
+            self.clock_offset = welcome.server_time.ToNanoseconds() / 1e9 - time.time()
         self.heartbeat_interval = _seconds(welcome.heartbeat_interval) or 10.0
         self.lease_ttl = _seconds(welcome.lease_ttl)
         self.sessions_opened += 1
@@ -509,7 +514,9 @@ class DeviceAgent:
             lease_id=lease_id, task_id=msg.task_id, attempt=msg.attempt,
             task_text=msg.task_text, task_data=task_data, orion_id=msg.orion_id,
             timeout=_seconds(msg.timeout) if msg.HasField("timeout") else None,
-            deadline=msg.deadline.ToDatetime(UTC) if msg.HasField("deadline") else None,
+            deadline=datetime.fromtimestamp(
+                msg.deadline.ToNanoseconds() / 1e9 - self.clock_offset, UTC)
+            if msg.HasField("deadline") else None,
             trace_context=dict(msg.trace_context), device_id=self.device_id,
             star=json_format.MessageToDict(msg.task, preserving_proto_field_name=True)
             if msg.HasField("task") else {},

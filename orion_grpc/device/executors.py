@@ -41,6 +41,9 @@ class Assignment:
     task_data: dict[str, Any]
     orion_id: str = ""
     timeout: float | None = None  # seconds; the daemon enforces it around the executor
+    # When the server expires the lease, in THIS device's clock: the server's deadline shifted
+    # by the clock difference measured at welcome, so it compares with time.time() even on a
+    # device whose clock is off. Prefer ``timeout`` (a duration) where it will do.
     deadline: datetime | None = None
     trace_context: Mapping[str, str] = field(default_factory=dict)
     device_id: str = ""
