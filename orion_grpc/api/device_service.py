@@ -64,6 +64,7 @@ GOODBYE_SERVER_SHUTDOWN = "server_shutdown"
 GOODBYE_DEVICE_LOST = "device_lost"
 GOODBYE_OVERLOADED = "outbound_queue_full"
 CANCEL_UNKNOWN_LEASE = "unknown_lease"
+CLOCK_SKEW_WARNING = 30.0  # seconds between a device's clock and ours worth a warning
 FENCE_UNKNOWN_LEASE = "unknown_or_stale_lease"
 FENCE_NOT_HOLDER = "not_lease_holder"
 FENCE_TASK_MISMATCH = "task_mismatch"
@@ -238,6 +239,7 @@ class _Session:
         self.superseded = False
         self.detached = False  # the device manager no longer routes to this session
         self.last_progress: dict[str, float] = {}  # lease id -> when its last event went out
+        self.skew_reported = False
         self.link = GrpcDeviceLink(self, devices, star_of)
 
     def send(self, msg: pb.ConnectResponse) -> None:
@@ -575,8 +577,25 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         return self._sessions.get(session.device_id) is session and not session.detached
 
     def _on_heartbeat(self, session: _Session, msg: pb.DeviceHeartbeat) -> None:
-        if self._is_current(session):
-            self.devices.heartbeat(session.device_id)
+        if not self._is_current(session):
+            return
+        self.devices.heartbeat(session.device_id)
+        if msg.HasField("sent_at"):
+            self._note_clock_skew(session, msg.sent_at.ToNanoseconds() / 1e9 - time.time())
+
+    def _note_clock_skew(self, session: _Session, skew: float) -> None:
+        """Report how far the device's clock is from ours (metadata ``clock_skew_seconds``,
+        a warning once per session beyond ``CLOCK_SKEW_WARNING``). Informational only: no
+        decision depends on a device's clock — leases, deadlines and liveness are measured
+        with this server's monotonic clock."""
+        info = self.devices.get_device_info(session.device_id)
+        if info is not None:
+            info.metadata["clock_skew_seconds"] = round(skew, 1)
+        if abs(skew) > CLOCK_SKEW_WARNING and not session.skew_reported:
+            session.skew_reported = True
+            logger.warning("device %s: its clock is %.0fs %s the server's (harmless: leases "
+                           "and deadlines use the server's clock)", session.device_id,
+                           abs(skew), "ahead of" if skew > 0 else "behind")
 
     def _own_lease(self, session: _Session, lease_id: str) -> Lease | None:
         lease = self.devices.get_lease(lease_id)
