@@ -29,7 +29,6 @@ The generator versions must match the pins (the output depends on them); pass
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import shutil
 import subprocess
@@ -38,6 +37,8 @@ import sysconfig
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from gentree import check_tree, read_tree, write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
@@ -170,59 +171,7 @@ def generate() -> dict[str, str]:
 
 
 def existing() -> dict[str, str]:
-    files: dict[str, str] = {}
-    if GEN_DIR.is_dir():
-        for path in sorted(GEN_DIR.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files[path.relative_to(GEN_DIR).as_posix()] = path.read_text()
-    return files
-
-
-def check(wanted: dict[str, str]) -> int:
-    have = existing()
-    added = sorted(set(wanted) - set(have))
-    removed = sorted(set(have) - set(wanted))
-    changed = sorted(p for p in set(wanted) & set(have) if wanted[p] != have[p])
-    if not (added or removed or changed):
-        print(f"ok: {GEN_DIR.relative_to(ROOT)} is up to date ({len(wanted)} files)")
-        return 0
-    print(f"error: {GEN_DIR.relative_to(ROOT)} is stale; run: python scripts/gen_protos.py")
-    for p in added:
-        print(f"  missing:    {p}")
-    for p in removed:
-        print(f"  unexpected: {p}")
-    for p in changed:
-        diff = list(
-            difflib.unified_diff(
-                have[p].splitlines(), wanted[p].splitlines(), f"committed/{p}", f"generated/{p}",
-                lineterm="", n=1,
-            )
-        )
-        print(f"  changed:    {p} ({sum(1 for d in diff if d[:1] in '+-') - 2} lines differ)")
-        for line in diff[:20]:
-            print(f"      {line[:160]}")
-        if len(diff) > 20:
-            print("      ...")
-    return 1
-
-
-def write(wanted: dict[str, str]) -> None:
-    have = existing()
-    for rel in sorted(set(have) - set(wanted)):
-        (GEN_DIR / rel).unlink()
-        print(f"removed {rel}")
-    written = 0
-    for rel, text in wanted.items():
-        if have.get(rel) != text:
-            target = GEN_DIR / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            written += 1
-    # Drop directories left empty by removed files.
-    for path in sorted(GEN_DIR.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-    print(f"generated {len(wanted)} files in {GEN_DIR.relative_to(ROOT)} ({written} changed)")
+    return read_tree(GEN_DIR, lambda p: "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     check_versions(args.allow_version_mismatch)
     wanted = generate()
     if args.check:
-        return check(wanted)
-    write(wanted)
+        return check_tree(GEN_DIR, wanted, existing(), "python scripts/gen_protos.py")
+    write_tree(GEN_DIR, wanted, existing())
     return 0
 
 
