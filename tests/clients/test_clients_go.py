@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Fleet
+from clients_support import Fleet
 
 pytestmark = [pytest.mark.timeout(300),  # includes the session's first go build
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Fleet
+from clients_support import Fleet
 from e2e_support import EventFeed
 
 from orion_grpc.api.convert import result_from_pb
