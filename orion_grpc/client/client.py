@@ -7,7 +7,8 @@ Server errors come back as the engine's own exceptions (``InvalidArgumentError``
 ``violations``, ``NotFoundError`` …) carrying the ErrorInfo reason and metadata, so code
 written against the in-process engine handles them unchanged. Other statuses raise
 ``RpcError``. Every unary call has a deadline (``timeout``; ``run_timeout`` for
-``orchestrate_orion``, which waits for the whole run).
+``orchestrate_orion``, which waits for the whole run). Each call carries the caller's current
+OpenTelemetry trace context (W3C ``traceparent``), if there is one.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from ..gen.orion.v1 import (
     synchronizer_service_pb2_grpc,
     task_star_pb2,
 )
+from ..observability.tracing import trace_context_interceptors
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -203,7 +205,10 @@ class OrionClient:
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:  # created lazily: grpc.aio objects belong to a running loop
-            self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            # The interceptor sends the caller's trace context (if any) with every call.
+            self._channel = grpc.aio.insecure_channel(
+                self.target, options=self._options,
+                interceptors=trace_context_interceptors())
         return self._channel
 
     @property

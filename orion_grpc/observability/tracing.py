@@ -283,7 +283,7 @@ class OrionSpans:
 # ---------------------------------------------------------------------- gRPC server
 # Server span status per the OpenTelemetry RPC conventions: only these codes are errors of
 # the server; the rest (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's.
-UNTRACED_METHODS = ("grpc.health.v1.Health/", "grpc.reflection.")
+UNTRACED_METHODS: tuple[str, ...] = ()  # every RPC is traced, health checks included
 _SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
@@ -296,8 +296,9 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
 
     Attributes: ``rpc.system`` (grpc), ``rpc.service``, ``rpc.method``,
     ``rpc.grpc.status_code``; status ERROR for the codes that are the server's fault.
-    Methods starting with one of ``untraced`` (default: health checks and reflection, which
-    probes and tools call all the time) get no span.
+    Every RPC gets one, health checks and reflection included (a sampler or the collector can
+    drop ``grpc.health.v1.Health/Check`` if probes are noise); methods starting with one of
+    ``untraced`` get none.
     Hand-written: opentelemetry-instrumentation-grpc is not installable here, and this is
     all Orion needs from it (handlers are coroutines or async generators).
     """
@@ -418,6 +419,38 @@ def _code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
     if isinstance(code, int):
         return next((c for c in grpc.StatusCode if c.value[0] == code), None)
     return code  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------- gRPC client
+def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *carrier.items())
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+                                      details.credentials, details.wait_for_ready)
+
+
+class _UnaryTraceContext(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                                    request: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request)
+
+
+class _StreamTraceContext(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+                                     request: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request)
+
+
+def trace_context_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send the caller's current OpenTelemetry context (W3C
+    ``traceparent``, through the global propagator) in each call's metadata, so the server's
+    RPC span continues the caller's trace. Without a current span (an untraced program) they
+    add nothing; they create no span of their own. ``OrionClient`` installs them on the
+    channels it creates (grpc.aio files an interceptor under one kind only: one per kind)."""
+    return [_UnaryTraceContext(), _StreamTraceContext()]
 
 
 # ---------------------------------------------------------------------- reading spans

@@ -196,19 +196,41 @@ async def test_the_rpc_span_continues_the_callers_trace_and_records_the_status_c
     assert status.status.status_code is StatusCode.UNSET
 
 
-async def test_health_checks_and_reflection_are_not_traced(
+async def test_orion_client_sends_the_callers_trace_context(
+        traced: Any, exporter: SpanWaiter, tracing: Tracing) -> None:
+    async with OrionClient(traced.target, timeout=WAIT) as client:
+        await client.get_available_devices()  # no current span: a trace of its own
+        with tracing.tracer.start_as_current_span("planner") as planner:
+            await client.get_available_devices()
+            async for _ in client.watch_events(include_history=True):
+                break  # a stream carries it too
+    first, second = sorted(exporter.named("orion.v1.OrchestratorService/GetAvailableDevices"),
+                           key=lambda s: s.start_time)
+    assert first.parent is None
+    assert second.parent.span_id == planner.get_span_context().span_id
+    assert second.context.trace_id == planner.get_span_context().trace_id
+    watch = await exporter.wait_for("orion.v1.EventService/WatchEvents")
+    assert watch.parent.span_id == planner.get_span_context().span_id
+
+
+async def test_health_checks_and_reflection_are_traced_like_every_rpc(
         traced: Any, exporter: SpanWaiter) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     async with grpc.aio.insecure_channel(traced.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=WAIT)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        await pb_grpc.OrchestratorServiceStub(channel).GetAvailableDevices(
-            pb.OrchestratorServiceGetAvailableDevicesRequest(), timeout=WAIT)
-    names = [s.name for s in exporter.get_finished_spans()]
-    assert "orion.v1.OrchestratorService/GetAvailableDevices" in names
-    assert not [n for n in names if "Health" in n or "reflection" in n]
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = [a async for a in reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=WAIT)]
+        assert answers[0].list_services_response.service
+    check = await exporter.wait_for("grpc.health.v1.Health/Check")
+    assert check.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    listed = await exporter.wait_for("grpc.reflection.v1alpha.ServerReflection/"
+                                     "ServerReflectionInfo")
+    assert listed.attributes["rpc.service"] == "grpc.reflection.v1alpha.ServerReflection"
 
 
 async def test_streaming_rpcs_get_a_span_that_ends_with_the_stream(
