@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from ..core import log_context
 from ..core.device_manager import (
     REASON_DEVICE_DISCONNECTION,
     REASON_REJECTED,
@@ -393,6 +394,8 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         hello = await self._read_hello(context)
+        # Every log line of this session (this handler's task and its children) names it.
+        log_context.bind(device_id=hello.device_id.strip() or None)
         session = self._open_session(hello, context)
         handler = asyncio.current_task()
         if handler is not None:

@@ -46,6 +46,7 @@ from ..gen.orion.v1 import (
     synchronizer_service_pb2_grpc,
 )
 from ..observability.hooks import chain_hooks
+from ..observability.logs import EventLogger
 from ..observability.metrics import OrionMetrics
 from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
@@ -345,10 +346,13 @@ class OrionServer:
         if self.metrics is not None and journal is not None:
             journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
                                                                                    seconds)
+        spans = None
         if self.tracing is not None:
             self.interceptors = [self.tracing.server_interceptor()]
-        engine.orchestrator.set_tracer_hooks(chain_hooks(
-            self.tracing.hooks() if self.tracing is not None else None, metrics_hooks))
+            spans = self.tracing.hooks()
+        engine.orchestrator.set_tracer_hooks(chain_hooks(spans, metrics_hooks))
+        event_logger = EventLogger(trace_id_of=spans.trace_id if spans is not None else None)
+        engine.bus.subscribe(event_logger, event_logger.event_types())
         server = grpc.aio.server(interceptors=self.interceptors or None,
                                  options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(

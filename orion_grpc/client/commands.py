@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -249,16 +248,16 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..api.server import DEFAULT_STORE, ServerConfig, serve
+    from ..observability.logs import setup_logging
     from ..observability.tracing import TracingConfigError
     from ..store import StoreError
 
     try:
         config = ServerConfig.from_sources(args, defaults={"store": DEFAULT_STORE})
+        setup_logging(config.log_level, config.log_format)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(config))
     except (OSError, TracingConfigError, StoreError) as exc:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from . import log_context
 from .device_manager import (
     REASON_CANCELLED,
     REASON_DEVICE_DISCONNECTION,
@@ -367,6 +368,13 @@ class _Run:
 
     # ------------------------------------------------------------------ main loop
     async def execute(self) -> dict[str, Any]:
+        tokens = log_context.bind(orion_id=self.orion.orion_id)  # for every log line of the run
+        try:
+            return await self._execute()
+        finally:
+            log_context.unbind(tokens)
+
+    async def _execute(self) -> dict[str, Any]:
         orch, orion, dm = self.orch, self.orion, self.dm
         orch._manager.register_orion(orion, self.metadata)
         if orch._manager.journal is not None:

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from ..core import log_context
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
@@ -288,6 +289,13 @@ class DeviceAgent:
         error) or another session took over this device id.
         """
         self._stopping = False
+        tokens = log_context.bind(device_id=self.device_id)
+        try:
+            await self._run()
+        finally:
+            log_context.unbind(tokens)
+
+    async def _run(self) -> None:
         options = self._channel_options()
         if self.credentials is not None:
             channel = grpc.aio.secure_channel(self.target, self.credentials, options=options)
@@ -543,6 +551,9 @@ class DeviceAgent:
         return report
 
     async def _execute(self, assignment: Assignment, executor: Executor) -> None:
+        # This task's own context: every log line of the executor names the star.
+        log_context.bind(orion_id=assignment.orion_id or None, star_id=assignment.task_id,
+                         device_id=self.device_id)
         started = time.time()
         result = pb.TaskResult(lease_id=assignment.lease_id, task_id=assignment.task_id,
                                attempt=assignment.attempt)

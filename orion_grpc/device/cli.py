@@ -28,6 +28,7 @@ from .agent import DeviceAgent, DeviceAgentError, default_device_type
 from .executors import Executor, default_executors
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -57,7 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--backoff-max", type=float, default=30.0,
                         help="longest reconnect delay in seconds (default 30)")
     parser.add_argument("--log-level", default=os.environ.get("ORION_LOG_LEVEL", "INFO"),
-                        help="logging level on stderr (default INFO)")
+                        help="logging level on stderr (default INFO) [env ORION_LOG_LEVEL]")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"],
+                        default=os.environ.get("ORION_LOG_FORMAT", "auto"),
+                        help="log lines on stderr: auto (JSON lines unless stderr is a "
+                             "terminal), json or text [env ORION_LOG_FORMAT]")
     return parser
 
 
@@ -119,8 +124,8 @@ async def _serve(agent: DeviceAgent, drain_timeout: float) -> int:
         if stopping:
             task.cancel()  # second signal: stop now
         else:
-            print(f"device {agent.device_id}: stopping (draining, up to {drain_timeout:g}s)",
-                  file=sys.stderr, flush=True)
+            logger.info("device %s: stopping (draining, up to %gs)", agent.device_id,
+                        drain_timeout)
             stopping.append(asyncio.ensure_future(agent.stop(timeout=drain_timeout)))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,7 +144,7 @@ async def _serve(agent: DeviceAgent, drain_timeout: float) -> int:
         await task
         return 0
     except DeviceAgentError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        logger.error("error: %s", exc)  # a log line: stderr holds only log lines by now
         return 3
     except asyncio.CancelledError:
         current = asyncio.current_task()
@@ -155,11 +160,11 @@ async def _serve(agent: DeviceAgent, drain_timeout: float) -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point behind ``orion device``."""
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..observability.logs import setup_logging
     from ..observability.tracing import Tracing
 
     try:
+        setup_logging(args.log_level, args.log_format)
         agent = agent_from_args(args)
         tracing = Tracing.from_env("orion-device")  # OTEL_TRACES_EXPORTER; None: off
     except (ValueError, ImportError, AttributeError) as exc:

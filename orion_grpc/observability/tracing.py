@@ -60,6 +60,7 @@ OTLP_PROTOCOLS = {
                       "pip install opentelemetry-exporter-otlp-proto-http"),
 }
 _MAX_DESCRIPTION = 500  # characters of an error message kept as a span's status description
+_TRACE_IDS_KEPT = 4096  # finished orions whose trace id OrionSpans.trace_id still knows
 
 
 class TracingConfigError(ValueError):
@@ -205,6 +206,7 @@ class OrionSpans:
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
         self._orions: dict[str, _OrionTrace] = {}
+        self._trace_ids: dict[str, str] = {}  # orion id -> trace id of its latest run
 
     def on_orion_start(self, orion: TaskOrion) -> None:
         old = self._orions.pop(orion.orion_id, None)
@@ -214,6 +216,17 @@ class OrionSpans:
             "orion.id": orion.orion_id, "orion.name": orion.name or "",
             "orion.star_count": orion.task_count})
         self._orions[orion.orion_id] = _OrionTrace(span)
+        context = span.get_span_context()
+        if context.is_valid:
+            self._trace_ids.pop(orion.orion_id, None)
+            self._trace_ids[orion.orion_id] = f"{context.trace_id:032x}"
+            if len(self._trace_ids) > _TRACE_IDS_KEPT:
+                del self._trace_ids[next(iter(self._trace_ids))]
+
+    def trace_id(self, orion_id: str) -> str | None:
+        """The trace id (32 hex digits) of the orion's latest run, while it runs and for a
+        while after (the last few thousand runs): log lines about the orion carry it."""
+        return self._trace_ids.get(orion_id)
 
     def on_dispatch(self, orion: TaskOrion, task: TaskStar, attempt: int) -> dict[str, str]:
         run = self._orions.get(orion.orion_id)

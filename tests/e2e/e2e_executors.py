@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any
 
@@ -26,3 +27,9 @@ async def flaky(assignment: Assignment) -> Any:
     if assignment.task_data.get("flaky") and assignment.attempt == 1:
         raise ExecutorError("first attempt fails")
     return {"status": "ok", "star": assignment.task_id}
+
+
+async def chatty(assignment: Assignment) -> Any:
+    """``flaky``, logging a line while it works (the log line must name the star)."""
+    logging.getLogger("e2e.chatty").info("working on %s", assignment.task_id)
+    return await flaky(assignment)
