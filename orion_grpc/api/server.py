@@ -323,6 +323,21 @@ class OrionServer:
         engine = self._engine
         engine.orchestrator.set_modification_synchronizer(engine.synchronizer)
         journal = engine.journal
+        # Observers first: the runs restored below must be traced and measured too.
+        if self.metrics is None and config.metrics_port is not None:
+            self.metrics, self._owns_metrics = OrionMetrics(), True
+        metrics_hooks = None if self.metrics is None else \
+            self.metrics.attach(engine, lambda: events.subscriber_count)
+        if self.metrics is not None and journal is not None:
+            journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
+                                                                                   seconds)
+        spans = None
+        if self.tracing is not None:
+            self.interceptors = [self.tracing.server_interceptor()]
+            spans = self.tracing.hooks()
+        engine.orchestrator.set_tracer_hooks(chain_hooks(spans, metrics_hooks))
+        event_logger = EventLogger(trace_id_of=spans.trace_id if spans is not None else None)
+        engine.bus.subscribe(event_logger, event_logger.event_types())
         stored = journal.store.load(config.event_retention) if journal is not None else None
         runs = restore(engine, stored, hold=config.reconnect_grace) if stored else []
         events = EventLog(config.event_retention, config.watch_max_lag or None,
@@ -339,20 +354,6 @@ class OrionServer:
                         journal.store.describe(), len(engine.manager._orions), len(runs),
                         events.latest_sequence + 1)
 
-        if self.metrics is None and config.metrics_port is not None:
-            self.metrics, self._owns_metrics = OrionMetrics(), True
-        metrics_hooks = None if self.metrics is None else \
-            self.metrics.attach(engine, lambda: events.subscriber_count)
-        if self.metrics is not None and journal is not None:
-            journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
-                                                                                   seconds)
-        spans = None
-        if self.tracing is not None:
-            self.interceptors = [self.tracing.server_interceptor()]
-            spans = self.tracing.hooks()
-        engine.orchestrator.set_tracer_hooks(chain_hooks(spans, metrics_hooks))
-        event_logger = EventLogger(trace_id_of=spans.trace_id if spans is not None else None)
-        engine.bus.subscribe(event_logger, event_logger.event_types())
         server = grpc.aio.server(interceptors=self.interceptors or None,
                                  options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
