@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -51,10 +51,12 @@ from ..core import (
 )
 from ..core.conditions import ConditionError, compile_condition
 from ..core.edits import LINE_FIELDS, TASK_FIELDS
+from ..core.enums import TERMINAL_STATUSES, parse_enum
 from ..core.spec import check_task_fields, orion_from_spec, validate_spec
 from ..gen.orion.v1 import device_pb2, edit_pb2, orion_pb2, task_star_pb2
 
 MAX_SAFE_INT = 2**53
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ---------------------------------------------------------------------- enum tables
 TASK_STATUS_TO_PB = {
@@ -125,12 +127,7 @@ DEVICE_STATUS_FROM_PB = _invert(DEVICE_STATUS_TO_PB)
 
 def _by_value(enum_cls: type[Enum], value: Any) -> Any:
     """Domain enum member for a member, its value or its name (dict snapshots use values)."""
-    if isinstance(value, enum_cls):
-        return value
-    for member in enum_cls:
-        if member.value == value or (isinstance(value, str) and member.name == value.upper()):
-            return member
-    return None
+    return parse_enum(enum_cls, value)
 
 
 def task_status_to_pb(value: TaskStatus | str | None) -> int:
@@ -250,26 +247,76 @@ def _restore_ints(value: Any) -> Any:
     return value
 
 
+# Struct / Value are filled and read field by field: json_format's generic ParseDict /
+# MessageToDict cost 4-10x more, and they run for every event, assignment and result.
+def _set_value(msg: struct_pb2.Value, value: Any) -> None:
+    """Set ``msg`` to ``value``; what JSON cannot carry becomes what ``plain`` makes of it."""
+    if value is None:
+        msg.null_value = struct_pb2.NULL_VALUE
+    elif value is True or value is False:
+        msg.bool_value = value
+    elif isinstance(value, str):
+        msg.string_value = value
+    elif isinstance(value, int):
+        msg.number_value = value
+    elif isinstance(value, float) and math.isfinite(value):
+        msg.number_value = value
+    elif isinstance(value, Mapping):
+        struct = msg.struct_value
+        struct.SetInParent()
+        _fill_struct(struct, value)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        values = msg.list_value
+        values.SetInParent()
+        add = values.values.add
+        for item in value:
+            _set_value(add(), item)
+    else:  # Enum, datetime, exception, non-finite float, object with to_dict, ...
+        _set_value(msg, plain(value))
+
+
+def _fill_struct(struct: struct_pb2.Struct, data: Mapping[Any, Any]) -> None:
+    fields = struct.fields
+    for key, value in data.items():
+        _set_value(fields[key if isinstance(key, str) else str(key)], value)
+
+
+def _from_value(msg: struct_pb2.Value) -> Any:
+    kind = msg.WhichOneof("kind")
+    if kind == "string_value":
+        return msg.string_value
+    if kind == "number_value":
+        number = msg.number_value
+        return int(number) if number.is_integer() and abs(number) <= MAX_SAFE_INT else number
+    if kind == "bool_value":
+        return msg.bool_value
+    if kind == "struct_value":
+        return {k: _from_value(v) for k, v in msg.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_from_value(v) for v in msg.list_value.values]
+    return None  # null_value, or no value at all
+
+
 def dict_to_struct(data: Mapping[str, Any] | None, out: struct_pb2.Struct | None = None
                    ) -> struct_pb2.Struct:
     struct = out if out is not None else struct_pb2.Struct()
     if data:
-        json_format.ParseDict(plain(dict(data)), struct)
+        _fill_struct(struct, data)
     return struct
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return _restore_ints(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
+    return {k: _from_value(v) for k, v in struct.fields.items()}
 
 
 def value_to_pb(value: Any, out: struct_pb2.Value | None = None) -> struct_pb2.Value:
     msg = out if out is not None else struct_pb2.Value()
-    json_format.ParseDict(plain(value), msg)
+    _set_value(msg, value)
     return msg
 
 
 def value_from_pb(value: struct_pb2.Value) -> Any:
-    return _restore_ints(json_format.MessageToDict(value))
+    return _from_value(value)
 
 
 def set_timestamp(field: Timestamp, value: datetime | float | None) -> None:
@@ -278,9 +325,17 @@ def set_timestamp(field: Timestamp, value: datetime | float | None) -> None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        field.FromDatetime(value)
+        # Exact integer microseconds; Timestamp.FromDatetime is several times slower.
+        delta = value - _EPOCH
+        field.FromMicroseconds((delta.days * 86_400 + delta.seconds) * 1_000_000
+                               + delta.microseconds)
     else:
         field.FromNanoseconds(round(value * 1e9))
+
+
+def set_epoch(field: Timestamp, seconds: float) -> None:
+    """Fill a Timestamp from epoch seconds kept at microsecond precision (the engine's)."""
+    field.FromMicroseconds(round(seconds * 1e6))
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -330,9 +385,14 @@ def error_reason(error: Any) -> str:
     return reason if isinstance(reason, str) else ""
 
 
-def task_to_pb(task: TaskStar, orion_id: str | None = None,
-               out: task_star_pb2.TaskStar | None = None) -> task_star_pb2.TaskStar:
-    pb = out if out is not None else task_star_pb2.TaskStar()
+def _task_definition_bytes(task: TaskStar, orion_id: str | None) -> bytes:
+    """The star's definition (what only an edit changes) encoded once per revision: events
+    and assignments carry a full snapshot of a star several times in its life."""
+    cache = task._wire_cache
+    revision = task.revision
+    if cache is not None and cache[0] == revision and cache[1] == orion_id:
+        return cache[2]  # type: ignore[no-any-return]
+    pb = task_star_pb2.TaskStar()
     pb.task_id = task.task_id
     pb.name = task.name or ""
     pb.description = task.description or ""
@@ -343,24 +403,41 @@ def task_to_pb(task: TaskStar, orion_id: str | None = None,
     if task.timeout is not None:
         set_duration(pb.timeout, task.timeout)
     pb.retry_count = task.retry_count
-    dict_to_struct(task.task_data, pb.task_data)
+    dict_to_struct(task._task_data, pb.task_data)
     pb.expected_output_type = task.expected_output_type or ""
     pb.required_capabilities.extend(task.required_capabilities)
     if orion_id:
         pb.resource_name = star_name(orion_id, task.task_id)
-    pb.status = TASK_STATUS_TO_PB[task.status]
-    if task.result is not None or task.status is TaskStatus.COMPLETED:
-        value_to_pb(task.result, pb.result)
-    if task.error is not None:
-        pb.error = str(task.error)
-        pb.error_reason = error_reason(task.error)
+    data = pb.SerializeToString()
+    task._wire_cache = (revision, orion_id, data)
+    return data
+
+
+def task_to_pb(task: TaskStar, orion_id: str | None = None,
+               out: task_star_pb2.TaskStar | None = None) -> task_star_pb2.TaskStar:
+    pb = out if out is not None else task_star_pb2.TaskStar()
+    pb.MergeFromString(_task_definition_bytes(task, orion_id))
+    status = task.status
+    pb.status = TASK_STATUS_TO_PB[status]
+    result = task.result
+    if result is not None or status is TaskStatus.COMPLETED:
+        _set_value(pb.result, result)
+    error = task.error
+    if error is not None:
+        pb.error = str(error)
+        pb.error_reason = error_reason(error)
     pb.current_retry = task.current_retry
-    set_timestamp(pb.created_at, task.created_at)
-    set_timestamp(pb.updated_at, task.updated_at)
-    set_timestamp(pb.execution_start_time, task.execution_start_time)
-    set_timestamp(pb.execution_end_time, task.execution_end_time)
-    set_duration(pb.execution_duration, task.execution_duration)
-    pb.is_terminal = task.is_terminal
+    created, updated, started, ended = task.epoch_times()
+    set_epoch(pb.created_at, created)
+    set_epoch(pb.updated_at, updated)
+    if started is not None:
+        set_epoch(pb.execution_start_time, started)
+        if ended is not None:
+            set_epoch(pb.execution_end_time, ended)
+            set_duration(pb.execution_duration, task.execution_duration)
+    elif ended is not None:
+        set_epoch(pb.execution_end_time, ended)
+    pb.is_terminal = status in TERMINAL_STATUSES
     return pb
 
 

@@ -22,7 +22,6 @@ these tasks, never from inside a link call (the engine calls links mid-update).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -32,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from ..core import log_context
 from ..core.device_manager import (
@@ -49,7 +47,7 @@ from ..core.task_star import TaskStar
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
-from .convert import task_to_pb
+from .convert import dict_to_struct, struct_to_dict, task_to_pb, value_from_pb
 
 logger = logging.getLogger(__name__)
 
@@ -135,34 +133,6 @@ class DeviceLinkConfig:
 # Private on purpose: these are the device link's own wire shapes (the generic resource
 # conversions live with the other servicers).
 
-def _json_safe(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str, allow_nan=False))
-
-
-def _plain_numbers(value: Any) -> Any:
-    """protobuf carries every JSON number as a double: give integral ones back as ``int``."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_numbers(v) for v in value]
-    return value
-
-
-def _value_to_py(msg: struct_pb2.Value) -> Any:
-    if msg.WhichOneof("kind") is None:
-        return None
-    return _plain_numbers(json_format.MessageToDict(msg))
-
-
-def _struct_to_py(msg: struct_pb2.Struct) -> dict[str, Any]:
-    return _plain_numbers(json_format.MessageToDict(msg))  # type: ignore[no-any-return]
-
-
 def _seconds_to(msg: Any, seconds: float) -> None:
     """Fill a Timestamp (seconds since the epoch) or Duration."""
     msg.FromNanoseconds(round(seconds * 1e9))
@@ -199,7 +169,7 @@ def assignment_to_proto(lease: Lease, star: TaskStar | None = None) -> pb.TaskAs
     if lease.timeout:
         _seconds_to(msg.timeout, lease.timeout)
     if lease.task_data:
-        msg.task_data.update(_json_safe(lease.task_data))
+        dict_to_struct(lease.task_data, msg.task_data)
     msg.trace_context.update(_trace_context(lease))
     return msg
 
@@ -468,7 +438,7 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         self._sessions[device_id] = session
 
         metadata = {
-            "system_info": _struct_to_py(hello.system_info),
+            "system_info": struct_to_dict(hello.system_info),
             "platform": hello.platform,
             "daemon_version": hello.daemon_version,
             "session_id": info.session_id,
@@ -639,7 +609,7 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         data: dict[str, Any] = {
             "orion_id": lease.orion_id, "device_id": lease.device_id, "lease_id": lease.lease_id,
             "attempt": lease.attempt, "progress": progress, "message": msg.message,
-            "details": _struct_to_py(msg.data),
+            "details": struct_to_dict(msg.data),
         }
         if lease.orion_id:
             orion = self.engine.orchestrator.get_running_orion(lease.orion_id)
@@ -673,7 +643,7 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
             return False, FENCE_NOT_HOLDER
         if msg.task_id and msg.task_id != lease.task_id:
             return False, FENCE_TASK_MISMATCH
-        result = _value_to_py(msg.result) if msg.HasField("result") else None
+        result = value_from_pb(msg.result) if msg.HasField("result") else None
         ok = dm.complete_lease(device_id, msg.lease_id, msg.success, result,
                                None if msg.success else (msg.error or "task failed"),
                                None if msg.success else REASON_TASK_ERROR)

@@ -96,6 +96,7 @@ def _set_fields(obj: Any, fields: dict[str, Any], allowed: tuple[str, ...], kind
             old[name] = getattr(obj, name)
             if name == "task_data":
                 obj._task_data = dict(value or {})
+                obj._touch()
             elif name == "metadata":  # read-only property on TaskStarLine
                 obj._metadata = dict(value or {})
             else:

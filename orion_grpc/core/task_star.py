@@ -135,6 +135,11 @@ class TaskStar(JsonSerializable):
         self._execution_end_time: float | None = None
         self._created_at = now_ts()
         self._updated_at = self._created_at
+        # Bumped by every change of the definition (``_touch``); adapters key caches on it.
+        self._revision = 0
+        # Opaque to the engine: an adapter's cached encoding of this revision of the
+        # definition (the gRPC layer keeps the protobuf bytes here; see api/convert.py).
+        self._wire_cache: Any = None
         # Set by the owning TaskOrion so it can keep its status counts without scanning.
         self._listener: _StatusListener | None = None
         # Scheduling bookkeeping owned by the orion: unsatisfied in-edges, topological slot.
@@ -153,6 +158,18 @@ class TaskStar(JsonSerializable):
 
     def _touch(self) -> None:
         self._updated_at = now_ts()
+        self._revision += 1
+
+    @property
+    def revision(self) -> int:
+        """Changes whenever the definition (anything but the runtime state) changes."""
+        return self._revision
+
+    def epoch_times(self) -> tuple[float, float, float | None, float | None]:
+        """created, updated, execution start, execution end as epoch seconds (the datetime
+        properties build objects; converters on hot paths want the numbers)."""
+        return (self._created_at, self._updated_at, self._execution_start_time,
+                self._execution_end_time)
 
     @property
     def name(self) -> str:

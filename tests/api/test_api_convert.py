@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
 
 from orion_grpc.api import convert
 from orion_grpc.api.convert_events import event_to_pb
@@ -29,6 +30,7 @@ from orion_grpc.core import (
     UpdateDependency,
     UpdateTask,
 )
+from orion_grpc.core.edits import apply_edits
 from orion_grpc.core.spec import orion_from_spec
 from orion_grpc.gen.orion.v1 import (
     device_pb2,
@@ -199,6 +201,34 @@ def test_required_enum_left_unspecified_is_a_violation():
                                    {"a": [1, {"b": None}], "c": 2.25}])
 def test_values_round_trip(value):
     assert convert.value_from_pb(convert.value_to_pb(value)) == value
+
+
+def test_values_encode_as_json_format_does():
+    """The field-by-field Struct/Value encoding (hot path) matches protobuf's own ParseDict /
+    MessageToDict, including empty containers, nesting and what JSON cannot carry."""
+    value = {"a": {}, "b": [], "c": [1, [2.5, None], {"d": True}], 3: "int key",
+             "nan": float("inf"), "when": datetime(2026, 1, 2, tzinfo=UTC),
+             "prio": TaskPriority.HIGH, "set": {4}}
+    expected = json_format.ParseDict(convert.plain(value), struct_pb2.Struct())
+    assert convert.dict_to_struct(value) == expected
+    assert convert.value_to_pb(value).struct_value == expected
+    assert convert.struct_to_dict(expected) == {**convert.plain(value), "c": [1, [2.5, None],
+                                                                        {"d": True}]}
+
+
+def test_star_snapshot_follows_edits_of_its_definition():
+    """task_to_pb caches the encoded definition per star revision: every edit shows."""
+    star = full_star()
+    assert convert.task_to_pb(star, "o1").description == star.description
+    star.description = "changed"
+    star.update_task_data({"extra": 1})
+    pb = convert.task_to_pb(star, "o1")
+    assert pb.description == "changed" and convert.struct_to_dict(pb.task_data)["extra"] == 1
+    assert convert.task_to_pb(star, "o2").resource_name == "orions/o2/stars/s1"
+    orion = TaskOrion("o1")
+    orion.add_task(TaskStar(task_id="t", description="x", task_data={"k": 1}))
+    apply_edits(orion, [UpdateTask("t", {"task_data": {"k": 2}})])
+    assert convert.struct_to_dict(convert.task_to_pb(orion.get_task("t")).task_data) == {"k": 2}
 
 
 def test_non_json_values_become_strings():
