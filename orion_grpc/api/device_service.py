@@ -26,6 +26,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -47,6 +48,7 @@ from ..core.task_star import TaskStar
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
+from . import wire
 from .convert import dict_to_struct, struct_to_dict, task_to_pb, value_from_pb
 
 logger = logging.getLogger(__name__)
@@ -194,14 +196,32 @@ class SessionInfo:
     capacity: int
 
 
+DEVICE_SERVICE = pb.DESCRIPTOR.services_by_name["DeviceService"].full_name
+# ConnectResponse field numbers (proto/orion/v1/device_service.proto), for wire.field.
+_ASSIGNMENT, _BATCH, _BATCH_MESSAGES = 2, 6, 1
+# A batch is written once it holds this many messages or bytes (a device's default receive
+# limit is 4 MiB; one larger message still goes alone).
+MAX_BATCH_MESSAGES = 256
+MAX_BATCH_BYTES = 1 << 20
+
+
 class _Session:
-    """Server-side state of one Connect stream."""
+    """Server-side state of one Connect stream.
+
+    The outbound queue holds encoded ``ConnectResponse`` messages (encoded once, where they
+    are made); the writer takes everything queued at once and, for a device that accepts
+    batches, writes it as few ``batch`` messages — one write per scheduler step instead of
+    one per assignment.
+    """
 
     def __init__(self, info: SessionInfo, limit: int, devices: OrionDeviceManager,
-                 star_of: Callable[[Lease], TaskStar | None] = lambda lease: None) -> None:
+                 star_of: Callable[[Lease], TaskStar | None] = lambda lease: None,
+                 batches: bool = False) -> None:
         self.info = info
         self.device_id = info.device_id
-        self.outbound: asyncio.Queue[pb.ConnectResponse | _End] = asyncio.Queue()
+        self.outbound: deque[bytes | _End] = deque()
+        self.wake = asyncio.Event()  # set when the outbound queue gets something
+        self.batches = batches
         self.limit = limit
         self.last_seen = time.monotonic()
         self.ended = asyncio.Event()
@@ -215,15 +235,20 @@ class _Session:
 
     def send(self, msg: pb.ConnectResponse) -> None:
         """Queue ``msg`` for the device; never blocks."""
+        self.send_encoded(msg.SerializeToString())
+
+    def send_encoded(self, data: bytes) -> None:
+        """Queue an encoded ``ConnectResponse``; never blocks."""
         if self.ended.is_set():
             return
-        if self.outbound.qsize() >= self.limit:
+        if len(self.outbound) >= self.limit:
             self.end(f"device {self.device_id} is not reading its stream "
                      f"({self.limit} messages queued)",
                      status=(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              "outbound queue full: the device is not reading its stream"))
             return
-        self.outbound.put_nowait(msg)
+        self.outbound.append(data)
+        self.wake.set()
 
     def end(self, reason: str, goodbye: str | pb.ServerGoodbye | None = None,
             status: tuple[grpc.StatusCode, str] | None = None) -> None:
@@ -233,11 +258,42 @@ class _Session:
         if goodbye is not None:
             if isinstance(goodbye, str):
                 goodbye = pb.ServerGoodbye(reason=goodbye)
-            self.outbound.put_nowait(pb.ConnectResponse(goodbye=goodbye))
-        self.outbound.put_nowait(_END)
+            self.outbound.append(pb.ConnectResponse(goodbye=goodbye).SerializeToString())
+        self.outbound.append(_END)
+        self.wake.set()
         self.end_reason = reason
         self.status = status
         self.ended.set()
+
+    def take_writes(self) -> tuple[list[bytes], bool]:
+        """Everything queued, as the messages to write (batched if the device accepts
+        batches), and whether the stream ends after them."""
+        items = list(self.outbound)
+        self.outbound.clear()
+        ends = False
+        if _END in items:
+            items = items[:items.index(_END)]
+            ends = True
+        encoded = cast(list[bytes], items)
+        if not self.batches or len(encoded) < 2:
+            return encoded, ends
+        writes: list[bytes] = []
+        group: list[bytes] = []
+        size = 0
+        for data in encoded:
+            if group and (len(group) >= MAX_BATCH_MESSAGES or size + len(data) > MAX_BATCH_BYTES):
+                writes.append(_batch(group))
+                group, size = [], 0
+            group.append(data)
+            size += len(data)
+        writes.append(_batch(group))
+        return writes, ends
+
+
+def _batch(messages: list[bytes]) -> bytes:
+    if len(messages) == 1:
+        return messages[0]
+    return wire.field(_BATCH, b"".join([wire.field(_BATCH_MESSAGES, m) for m in messages]))
 
 
 class GrpcDeviceLink(DeviceLink):
@@ -254,8 +310,8 @@ class GrpcDeviceLink(DeviceLink):
         return self._session.info.session_id
 
     def send_assignment(self, lease: Lease) -> None:
-        self._session.send(pb.ConnectResponse(
-            assignment=assignment_to_proto(lease, self._star_of(lease))))
+        self._session.send_encoded(wire.field(_ASSIGNMENT, assignment_to_proto(
+            lease, self._star_of(lease)).SerializeToString()))
 
     def send_cancel(self, lease_id: str, reason: str) -> None:
         # The manager calls this before it releases the lease, so the lease is still known.
@@ -424,9 +480,10 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         device_id = hello.device_id.strip()
         capacity = min(max(hello.capacity, 1), self.config.max_inflight)
         info = SessionInfo(device_id, uuid.uuid4().hex, context.peer() or "", time.time(), capacity)
-        session = _Session(info, self.config.outbound_queue_limit, dm, self._star_of)
+        session = _Session(info, self.config.outbound_queue_limit, dm, self._star_of,
+                           batches=hello.accepts_batches)
 
-        welcome = pb.ServerWelcome(session_id=info.session_id)
+        welcome = pb.ServerWelcome(session_id=info.session_id, accepts_batches=True)
         _seconds_to(welcome.heartbeat_interval, self.config.heartbeat_interval)
         _seconds_to(welcome.lease_ttl, self.config.lease_ttl)
         _seconds_to(welcome.server_time, time.time())
@@ -492,10 +549,15 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
     async def _write_loop(self, session: _Session, context: _Context) -> None:
         try:
             while True:
-                msg = await session.outbound.get()
-                if isinstance(msg, _End):
+                if not session.outbound:
+                    session.wake.clear()
+                    await session.wake.wait()
+                    continue
+                writes, ends = session.take_writes()
+                for data in writes:
+                    await context.write(data)
+                if ends:
                     return
-                await context.write(msg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream broke under us
@@ -515,21 +577,38 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
                 msg = cast(pb.ConnectRequest, raw)
                 session.last_seen = time.monotonic()
                 kind = msg.WhichOneof("message")
-                if kind == "hello":
-                    session.end("second hello on one stream", status=(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "hello may only be the first message of a stream; open a new stream "
-                        "to start a new session"))
+                if kind == "batch":
+                    for inner in msg.batch.messages:
+                        inner_kind = inner.WhichOneof("message")
+                        if inner_kind == "batch":
+                            session.end("nested batch", status=(
+                                grpc.StatusCode.FAILED_PRECONDITION,
+                                "a batch may not contain a batch; send its messages in one"))
+                            return
+                        if not self._handle(session, inner, inner_kind, handlers):
+                            return
+                elif not self._handle(session, msg, kind, handlers):
                     return
-                handler = handlers.get(kind) if kind else None
-                if kind is None or handler is None:
-                    logger.debug("device %s sent an empty/unknown message", session.device_id)
-                    continue
-                handler(session, getattr(msg, kind))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream broke (or the device cancelled it)
             session.end(f"read from device failed: {exc!r}")
+
+    def _handle(self, session: _Session, msg: pb.ConnectRequest, kind: str | None,
+                handlers: dict[str, Callable[[_Session, Any], None]]) -> bool:
+        """Act on one device message; False if it ended the session."""
+        if kind == "hello":
+            session.end("second hello on one stream", status=(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "hello may only be the first message of a stream; open a new stream "
+                "to start a new session"))
+            return False
+        handler = handlers.get(kind) if kind else None
+        if kind is None or handler is None:
+            logger.debug("device %s sent an empty/unknown message", session.device_id)
+            return True
+        handler(session, getattr(msg, kind))
+        return True
 
     async def _watchdog(self, session: _Session) -> None:
         """Declare the device lost after ``lease_ttl`` without any message from it."""
@@ -664,5 +743,12 @@ def add_device_service(server: grpc.aio.Server, engine: OrionEngine,
     accepted.
     """
     servicer = DeviceServiceServicer(engine, config)
-    pb_grpc.add_DeviceServiceServicer_to_server(servicer, server)
+    # As the generated add_DeviceServiceServicer_to_server, but responses may be pre-encoded
+    # bytes (see wire.py): the session encodes each message once, where it is made.
+    handlers = {"Connect": grpc.stream_stream_rpc_method_handler(
+        servicer.Connect, request_deserializer=pb.ConnectRequest.FromString,
+        response_serializer=wire.passthrough(pb.ConnectResponse.SerializeToString))}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        DEVICE_SERVICE, handlers),))
+    server.add_registered_method_handlers(DEVICE_SERVICE, handlers)
     return servicer

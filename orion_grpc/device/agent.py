@@ -39,6 +39,7 @@ from .executors import Assignment, Executor, ExecutorError, default_executors
 logger = logging.getLogger(__name__)
 
 DAEMON_VERSION = "0.1.0"
+MAX_BATCH_MESSAGES = 256  # messages per ConnectRequest.batch
 
 # Keepalive pings let a device notice a dead server (there is no server -> device heartbeat).
 # Servers accept them while heartbeats flow; see DEVICE_SERVER_OPTIONS in the server.
@@ -120,6 +121,7 @@ class _Session:
 
     def __init__(self) -> None:
         self.outbound: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        self.batches = False  # the server's welcome said it accepts batches
         self.welcome: pb.ServerWelcome | None = None
         self.goodbye: pb.ServerGoodbye | None = None
         self.reader: asyncio.Task[None] | None = None
@@ -134,8 +136,29 @@ class _Session:
         self.outbound.put_nowait(None)
 
     async def requests(self) -> Any:
-        while (msg := await self.outbound.get()) is not None:
-            yield msg
+        """The stream's messages; what queued up meanwhile goes as one batch when the server
+        accepts batches (several results finished in one loop turn: one write)."""
+        outbound = self.outbound
+        while (msg := await outbound.get()) is not None:
+            if not self.batches or outbound.empty():
+                yield msg
+                continue
+            group = [msg]
+            ended = False
+            while not outbound.empty() and len(group) < MAX_BATCH_MESSAGES:
+                more = outbound.get_nowait()
+                if more is None:
+                    ended = True
+                    break
+                group.append(more)
+            if len(group) == 1:
+                yield msg
+            else:
+                batch = pb.ConnectRequest()
+                batch.batch.messages.extend(group)
+                yield batch
+            if ended:
+                return
 
 
 class DeviceAgent:
@@ -391,7 +414,8 @@ class DeviceAgent:
             device_id=self.device_id, device_type=self._device_type_enum,  # type: ignore[arg-type]
             platform=self.platform_description, capabilities=self.capabilities,
             capacity=self.capacity, running_lease_ids=list(self._running),
-            unacknowledged_results=list(self._pending.values()), daemon_version=DAEMON_VERSION)
+            unacknowledged_results=list(self._pending.values()), daemon_version=DAEMON_VERSION,
+            accepts_batches=True)
         hello.system_info.update(json.loads(json.dumps(self.system_info, default=str)))
         return hello
 
@@ -451,22 +475,30 @@ class DeviceAgent:
         async for msg in call:
             if session.abandon:
                 continue  # a dead connection: nothing gets through
-            kind = msg.WhichOneof("message")
-            if kind == "welcome":
+            if msg.WhichOneof("message") == "batch":
+                for inner in msg.batch.messages:
+                    self._on_message(session, inner)
+            else:
+                self._on_message(session, msg)
+
+    def _on_message(self, session: _Session, msg: pb.ConnectResponse) -> None:
+        kind = msg.WhichOneof("message")
+        if kind == "welcome":
                 self._on_welcome(session, msg.welcome)
-            elif kind == "assignment":
-                self._on_assignment(session, msg.assignment)
-            elif kind == "cancel":
-                self._on_cancel(msg.cancel)
-            elif kind == "result_ack":
-                self._on_result_ack(msg.result_ack)
-            elif kind == "goodbye":
-                session.goodbye = msg.goodbye
-                logger.info("device %s: server said goodbye (%s)", self.device_id,
-                            msg.goodbye.reason)
+        elif kind == "assignment":
+            self._on_assignment(session, msg.assignment)
+        elif kind == "cancel":
+            self._on_cancel(msg.cancel)
+        elif kind == "result_ack":
+            self._on_result_ack(msg.result_ack)
+        elif kind == "goodbye":
+            session.goodbye = msg.goodbye
+            logger.info("device %s: server said goodbye (%s)", self.device_id,
+                        msg.goodbye.reason)
 
     def _on_welcome(self, session: _Session, welcome: pb.ServerWelcome) -> None:
         session.welcome = welcome
+        session.batches = welcome.accepts_batches
         self.session_id = welcome.session_id
         if welcome.HasField("server_time"):
             # How far the server's wall clock is ahead of ours (off by the one-way latency):

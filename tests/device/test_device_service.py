@@ -261,6 +261,64 @@ async def test_assignment_carries_the_active_trace_context(harness):
     await asyncio.wait_for(run, WAIT)
 
 
+# ---------------------------------------------------------------------- batches
+def wide(orion_id: str, n: int, device: str) -> TaskOrion:
+    orion = TaskOrion(orion_id)
+    for i in range(n):
+        orion.add_task(TaskStar(f"t{i}", description="x", target_device_id=device))
+    return orion
+
+
+async def test_a_device_accepting_batches_gets_one_scheduler_step_in_one_message(harness):
+    dev = harness.raw(heartbeat=None)
+    welcome = await dev.hello("d1", capacity=4, accepts_batches=True)
+    assert welcome.accepts_batches  # so the device may batch too
+    run = asyncio.create_task(harness.orchestrator.orchestrate_orion(wide("w4", 4, "d1")))
+
+    batch = await dev.expect("batch")  # the four dispatches of one step: one write
+    assert [m.WhichOneof("message") for m in batch.messages] == ["assignment"] * 4
+    assignments = [m.assignment for m in batch.messages]
+    assert sorted(a.task_id for a in assignments) == ["t0", "t1", "t2", "t3"]
+    dev.send(batch=pb.DeviceMessageBatch(messages=[
+        pb.ConnectRequest(result=result_msg(a, {"n": i})) for i, a in enumerate(assignments)]))
+
+    acks = await dev.expect("batch")
+    assert [(m.result_ack.lease_id, m.result_ack.accepted) for m in acks.messages] == \
+        [(a.lease_id, True) for a in assignments]
+    result = await asyncio.wait_for(run, WAIT)
+    assert result["status"] == "completed"
+    assert {t: r["n"] for t, r in result["results"].items()} == {
+        a.task_id: i for i, a in enumerate(assignments)}
+
+
+async def test_a_device_that_does_not_accept_batches_gets_single_messages(harness):
+    dev = harness.raw(heartbeat=None)
+    welcome = await dev.hello("d1", capacity=3)
+    assert welcome.accepts_batches  # the server always accepts them from devices
+    run = asyncio.create_task(harness.orchestrator.orchestrate_orion(wide("w3", 3, "d1")))
+    assignments = [await dev.expect("assignment") for _ in range(3)]
+    for a in assignments:
+        dev.send(result=result_msg(a))
+    for a in assignments:
+        assert (await dev.expect("result_ack")).lease_id == a.lease_id
+    assert (await asyncio.wait_for(run, WAIT))["status"] == "completed"
+
+
+@pytest.mark.parametrize("inner", [
+    pb.ConnectRequest(batch=pb.DeviceMessageBatch()),
+    pb.ConnectRequest(hello=pb.DeviceHello(device_id="d1")),
+])
+async def test_a_batch_holds_neither_a_batch_nor_a_hello(harness, inner):
+    dev = harness.raw()
+    await dev.hello("d1", accepts_batches=True)
+    dev.send(batch=pb.DeviceMessageBatch(messages=[
+        pb.ConnectRequest(heartbeat=pb.DeviceHeartbeat()), inner]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await dev.ended()
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    await harness.servicer.wait_for_no_session("d1", timeout=WAIT)
+
+
 # ---------------------------------------------------------------------- sessions
 async def test_a_new_session_supersedes_the_old_one_and_reconciles_leases(harness):
     old = harness.raw()

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from orion_grpc.gen.orion.v1 import task_star_pb2 as orion_dot_v1_dot_task__star__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dorion/v1/device_service.proto\x12\x08orion.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18orion/v1/task_star.proto\"\xc5\x02\n\x0e\x43onnectRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.orion.v1.DeviceHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.orion.v1.DeviceHeartbeatH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.orion.v1.AssignmentAckH\x00\x12,\n\x06reject\x18\x04 \x01(\x0b\x32\x1a.orion.v1.AssignmentRejectH\x00\x12*\n\x08progress\x18\x05 \x01(\x0b\x32\x16.orion.v1.TaskProgressH\x00\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x14.orion.v1.TaskResultH\x00\x12&\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x15.orion.v1.DeviceDrainH\x00\x42\t\n\x07message\"\xf8\x01\n\x0f\x43onnectResponse\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.orion.v1.ServerWelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.orion.v1.TaskAssignmentH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.orion.v1.LeaseCancelH\x00\x12)\n\nresult_ack\x18\x04 \x01(\x0b\x32\x13.orion.v1.ResultAckH\x00\x12*\n\x07goodbye\x18\x05 \x01(\x0b\x32\x17.orion.v1.ServerGoodbyeH\x00\x42\t\n\x07message\"\x9c\x02\n\x0b\x44\x65viceHello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12)\n\x0b\x64\x65vice_type\x18\x02 \x01(\x0e\x32\x14.orion.v1.DeviceType\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12,\n\x0bsystem_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11running_lease_ids\x18\x07 \x03(\t\x12\x34\n\x16unacknowledged_results\x18\x08 \x03(\x0b\x32\x14.orion.v1.TaskResult\x12\x16\n\x0e\x64\x61\x65mon_version\x18\t \x01(\t\"Y\n\x0f\x44\x65viceHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_lease_ids\x18\x02 \x03(\t\"!\n\rAssignmentAck\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"4\n\x10\x41ssignmentReject\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8c\x01\n\x0cTaskProgress\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe9\x01\n\nTaskResult\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12&\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0b\x44\x65viceDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb9\x01\n\rServerWelcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x03\n\x0eTaskAssignment\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08orion_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x11\n\ttask_text\x18\x06 \x01(\t\x12*\n\ttask_data\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\rtrace_context\x18\t \x03(\x0b\x32*.orion.v1.TaskAssignment.TraceContextEntry\x12 \n\x04task\x18\n \x01(\x0b\x32\x12.orion.v1.TaskStar\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0bLeaseCancel\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"?\n\tResultAck\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"S\n\rServerGoodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration2S\n\rDeviceService\x12\x42\n\x07\x43onnect\x12\x18.orion.v1.ConnectRequest\x1a\x19.orion.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dorion/v1/device_service.proto\x12\x08orion.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18orion/v1/task_star.proto\"\xf4\x02\n\x0e\x43onnectRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.orion.v1.DeviceHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.orion.v1.DeviceHeartbeatH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.orion.v1.AssignmentAckH\x00\x12,\n\x06reject\x18\x04 \x01(\x0b\x32\x1a.orion.v1.AssignmentRejectH\x00\x12*\n\x08progress\x18\x05 \x01(\x0b\x32\x16.orion.v1.TaskProgressH\x00\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x14.orion.v1.TaskResultH\x00\x12&\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x15.orion.v1.DeviceDrainH\x00\x12-\n\x05\x62\x61tch\x18\x08 \x01(\x0b\x32\x1c.orion.v1.DeviceMessageBatchH\x00\x42\t\n\x07message\"@\n\x12\x44\x65viceMessageBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.orion.v1.ConnectRequest\"\xa7\x02\n\x0f\x43onnectResponse\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.orion.v1.ServerWelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.orion.v1.TaskAssignmentH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.orion.v1.LeaseCancelH\x00\x12)\n\nresult_ack\x18\x04 \x01(\x0b\x32\x13.orion.v1.ResultAckH\x00\x12*\n\x07goodbye\x18\x05 \x01(\x0b\x32\x17.orion.v1.ServerGoodbyeH\x00\x12-\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x1c.orion.v1.ServerMessageBatchH\x00\x42\t\n\x07message\"A\n\x12ServerMessageBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.orion.v1.ConnectResponse\"\xb5\x02\n\x0b\x44\x65viceHello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12)\n\x0b\x64\x65vice_type\x18\x02 \x01(\x0e\x32\x14.orion.v1.DeviceType\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12,\n\x0bsystem_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11running_lease_ids\x18\x07 \x03(\t\x12\x34\n\x16unacknowledged_results\x18\x08 \x03(\x0b\x32\x14.orion.v1.TaskResult\x12\x16\n\x0e\x64\x61\x65mon_version\x18\t \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\n \x01(\x08\"Y\n\x0f\x44\x65viceHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_lease_ids\x18\x02 \x03(\t\"!\n\rAssignmentAck\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"4\n\x10\x41ssignmentReject\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8c\x01\n\x0cTaskProgress\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe9\x01\n\nTaskResult\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12&\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0b\x44\x65viceDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xd2\x01\n\rServerWelcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x05 \x01(\x08\"\x89\x03\n\x0eTaskAssignment\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08orion_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x11\n\ttask_text\x18\x06 \x01(\t\x12*\n\ttask_data\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\rtrace_context\x18\t \x03(\x0b\x32*.orion.v1.TaskAssignment.TraceContextEntry\x12 \n\x04task\x18\n \x01(\x0b\x32\x12.orion.v1.TaskStar\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0bLeaseCancel\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"?\n\tResultAck\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"S\n\rServerGoodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration2S\n\rDeviceService\x12\x42\n\x07\x43onnect\x12\x18.orion.v1.ConnectRequest\x1a\x19.orion.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_CONNECTREQUEST']._serialized_start=165
-  _globals['_CONNECTREQUEST']._serialized_end=490
-  _globals['_CONNECTRESPONSE']._serialized_start=493
-  _globals['_CONNECTRESPONSE']._serialized_end=741
-  _globals['_DEVICEHELLO']._serialized_start=744
-  _globals['_DEVICEHELLO']._serialized_end=1028
-  _globals['_DEVICEHEARTBEAT']._serialized_start=1030
-  _globals['_DEVICEHEARTBEAT']._serialized_end=1119
-  _globals['_ASSIGNMENTACK']._serialized_start=1121
-  _globals['_ASSIGNMENTACK']._serialized_end=1154
-  _globals['_ASSIGNMENTREJECT']._serialized_start=1156
-  _globals['_ASSIGNMENTREJECT']._serialized_end=1208
-  _globals['_TASKPROGRESS']._serialized_start=1211
-  _globals['_TASKPROGRESS']._serialized_end=1351
-  _globals['_TASKRESULT']._serialized_start=1354
-  _globals['_TASKRESULT']._serialized_end=1587
-  _globals['_DEVICEDRAIN']._serialized_start=1589
-  _globals['_DEVICEDRAIN']._serialized_end=1618
-  _globals['_SERVERWELCOME']._serialized_start=1621
-  _globals['_SERVERWELCOME']._serialized_end=1806
-  _globals['_TASKASSIGNMENT']._serialized_start=1809
-  _globals['_TASKASSIGNMENT']._serialized_end=2202
-  _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2151
-  _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2202
-  _globals['_LEASECANCEL']._serialized_start=2204
-  _globals['_LEASECANCEL']._serialized_end=2268
-  _globals['_RESULTACK']._serialized_start=2270
-  _globals['_RESULTACK']._serialized_end=2333
-  _globals['_SERVERGOODBYE']._serialized_start=2335
-  _globals['_SERVERGOODBYE']._serialized_end=2418
-  _globals['_DEVICESERVICE']._serialized_start=2420
-  _globals['_DEVICESERVICE']._serialized_end=2503
+  _globals['_CONNECTREQUEST']._serialized_end=537
+  _globals['_DEVICEMESSAGEBATCH']._serialized_start=539
+  _globals['_DEVICEMESSAGEBATCH']._serialized_end=603
+  _globals['_CONNECTRESPONSE']._serialized_start=606
+  _globals['_CONNECTRESPONSE']._serialized_end=901
+  _globals['_SERVERMESSAGEBATCH']._serialized_start=903
+  _globals['_SERVERMESSAGEBATCH']._serialized_end=968
+  _globals['_DEVICEHELLO']._serialized_start=971
+  _globals['_DEVICEHELLO']._serialized_end=1280
+  _globals['_DEVICEHEARTBEAT']._serialized_start=1282
+  _globals['_DEVICEHEARTBEAT']._serialized_end=1371
+  _globals['_ASSIGNMENTACK']._serialized_start=1373
+  _globals['_ASSIGNMENTACK']._serialized_end=1406
+  _globals['_ASSIGNMENTREJECT']._serialized_start=1408
+  _globals['_ASSIGNMENTREJECT']._serialized_end=1460
+  _globals['_TASKPROGRESS']._serialized_start=1463
+  _globals['_TASKPROGRESS']._serialized_end=1603
+  _globals['_TASKRESULT']._serialized_start=1606
+  _globals['_TASKRESULT']._serialized_end=1839
+  _globals['_DEVICEDRAIN']._serialized_start=1841
+  _globals['_DEVICEDRAIN']._serialized_end=1870
+  _globals['_SERVERWELCOME']._serialized_start=1873
+  _globals['_SERVERWELCOME']._serialized_end=2083
+  _globals['_TASKASSIGNMENT']._serialized_start=2086
+  _globals['_TASKASSIGNMENT']._serialized_end=2479
+  _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2428
+  _globals['_TASKASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2479
+  _globals['_LEASECANCEL']._serialized_start=2481
+  _globals['_LEASECANCEL']._serialized_end=2545
+  _globals['_RESULTACK']._serialized_start=2547
+  _globals['_RESULTACK']._serialized_end=2610
+  _globals['_SERVERGOODBYE']._serialized_start=2612
+  _globals['_SERVERGOODBYE']._serialized_end=2695
+  _globals['_DEVICESERVICE']._serialized_start=2697
+  _globals['_DEVICESERVICE']._serialized_end=2780
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,7 @@ class ConnectRequest(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___DeviceHello:
         """First message of a session: who the device is and what it still holds."""
@@ -65,6 +66,12 @@ class ConnectRequest(_message.Message):
     def drain(self) -> Global___DeviceDrain:
         """The device wants no new assignments (finishes running ones)."""
 
+    @_builtins.property
+    def batch(self) -> Global___DeviceMessageBatch:
+        """Several of the messages above at once, in order, as if sent one by one.
+        Only after a `welcome` with accepts_batches; never nested, never `hello`.
+        """
+
     def __init__(
         self,
         *,
@@ -75,16 +82,43 @@ class ConnectRequest(_message.Message):
         progress: Global___TaskProgress | None = ...,
         result: Global___TaskResult | None = ...,
         drain: Global___DeviceDrain | None = ...,
+        batch: Global___DeviceMessageBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "progress", b"progress", "reject", b"reject", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "progress", b"progress", "reject", b"reject", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "progress", b"progress", "reject", b"reject", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "progress", b"progress", "reject", b"reject", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "ack", "reject", "progress", "result", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "ack", "reject", "progress", "result", "drain", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class DeviceMessageBatch(_message.Message):
+    """DeviceMessageBatch carries several device -> server messages in one stream
+    message (fewer, larger writes when a device has several things to say).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectRequest]:
+        """The messages, in the order they would have been sent one by one."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ConnectRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceMessageBatch: _TypeAlias = DeviceMessageBatch  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
@@ -99,6 +133,7 @@ class ConnectResponse(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     RESULT_ACK_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___ServerWelcome:
         """Answer to hello: the session's parameters."""
@@ -119,6 +154,13 @@ class ConnectResponse(_message.Message):
     def goodbye(self) -> Global___ServerGoodbye:
         """The server ends the session."""
 
+    @_builtins.property
+    def batch(self) -> Global___ServerMessageBatch:
+        """Several of the messages above at once, in order, as if sent one by one
+        (e.g. the assignments dispatched in one scheduler step). Only to devices
+        whose `hello` set accepts_batches; never nested.
+        """
+
     def __init__(
         self,
         *,
@@ -127,16 +169,43 @@ class ConnectResponse(_message.Message):
         cancel: Global___LeaseCancel | None = ...,
         result_ack: Global___ResultAck | None = ...,
         goodbye: Global___ServerGoodbye | None = ...,
+        batch: Global___ServerMessageBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "goodbye", b"goodbye", "message", b"message", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "cancel", b"cancel", "goodbye", b"goodbye", "message", b"message", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "goodbye", b"goodbye", "message", b"message", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "cancel", b"cancel", "goodbye", b"goodbye", "message", b"message", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "result_ack", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "result_ack", "goodbye", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class ServerMessageBatch(_message.Message):
+    """ServerMessageBatch carries several server -> device messages in one stream
+    message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectResponse]:
+        """The messages, in the order they would have been sent one by one."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ConnectResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerMessageBatch: _TypeAlias = ServerMessageBatch  # noqa: Y015
 
 @_typing.final
 class DeviceHello(_message.Message):
@@ -153,6 +222,7 @@ class DeviceHello(_message.Message):
     RUNNING_LEASE_IDS_FIELD_NUMBER: _builtins.int
     UNACKNOWLEDGED_RESULTS_FIELD_NUMBER: _builtins.int
     DAEMON_VERSION_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Unique id of the device (must match the device's credential, if any)."""
     device_type: _task_star_pb2.DeviceType.ValueType
@@ -163,6 +233,10 @@ class DeviceHello(_message.Message):
     """Maximum number of stars run at once (0 = 1)."""
     daemon_version: _builtins.str
     """Version of the device daemon software (informational)."""
+    accepts_batches: _builtins.bool
+    """The device understands ConnectResponse.batch: the server may then send
+    several messages in one.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Capabilities the device offers."""
@@ -191,10 +265,11 @@ class DeviceHello(_message.Message):
         running_lease_ids: _abc.Iterable[_builtins.str] | None = ...,
         unacknowledged_results: _abc.Iterable[Global___TaskResult] | None = ...,
         daemon_version: _builtins.str = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["system_info", b"system_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "capacity", b"capacity", "daemon_version", b"daemon_version", "device_id", b"device_id", "device_type", b"device_type", "platform", b"platform", "running_lease_ids", b"running_lease_ids", "system_info", b"system_info", "unacknowledged_results", b"unacknowledged_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "capabilities", b"capabilities", "capacity", b"capacity", "daemon_version", b"daemon_version", "device_id", b"device_id", "device_type", b"device_type", "platform", b"platform", "running_lease_ids", b"running_lease_ids", "system_info", b"system_info", "unacknowledged_results", b"unacknowledged_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,8 +485,13 @@ class ServerWelcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Id of this session."""
+    accepts_batches: _builtins.bool
+    """The server understands ConnectRequest.batch: the device may then send
+    several messages in one.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the device must send a heartbeat."""
@@ -431,10 +511,11 @@ class ServerWelcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl", "server_time", b"server_time", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl", "server_time", b"server_time", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

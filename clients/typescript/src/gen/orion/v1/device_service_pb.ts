@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file orion/v1/device_service.proto.
  */
 export const file_orion_v1_device_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1vcmlvbi92MS9kZXZpY2Vfc2VydmljZS5wcm90bxIIb3Jpb24udjEixQIKDkNvbm5lY3RSZXF1ZXN0EiYKBWhlbGxvGAEgASgLMhUub3Jpb24udjEuRGV2aWNlSGVsbG9IABIuCgloZWFydGJlYXQYAiABKAsyGS5vcmlvbi52MS5EZXZpY2VIZWFydGJlYXRIABImCgNhY2sYAyABKAsyFy5vcmlvbi52MS5Bc3NpZ25tZW50QWNrSAASLAoGcmVqZWN0GAQgASgLMhoub3Jpb24udjEuQXNzaWdubWVudFJlamVjdEgAEioKCHByb2dyZXNzGAUgASgLMhYub3Jpb24udjEuVGFza1Byb2dyZXNzSAASJgoGcmVzdWx0GAYgASgLMhQub3Jpb24udjEuVGFza1Jlc3VsdEgAEiYKBWRyYWluGAcgASgLMhUub3Jpb24udjEuRGV2aWNlRHJhaW5IAEIJCgdtZXNzYWdlIvgBCg9Db25uZWN0UmVzcG9uc2USKgoHd2VsY29tZRgBIAEoCzIXLm9yaW9uLnYxLlNlcnZlcldlbGNvbWVIABIuCgphc3NpZ25tZW50GAIgASgLMhgub3Jpb24udjEuVGFza0Fzc2lnbm1lbnRIABInCgZjYW5jZWwYAyABKAsyFS5vcmlvbi52MS5MZWFzZUNhbmNlbEgAEikKCnJlc3VsdF9hY2sYBCABKAsyEy5vcmlvbi52MS5SZXN1bHRBY2tIABIqCgdnb29kYnllGAUgASgLMhcub3Jpb24udjEuU2VydmVyR29vZGJ5ZUgAQgkKB21lc3NhZ2UinAIKC0RldmljZUhlbGxvEhEKCWRldmljZV9pZBgBIAEoCRIpCgtkZXZpY2VfdHlwZRgCIAEoDjIULm9yaW9uLnYxLkRldmljZVR5cGUSEAoIcGxhdGZvcm0YAyABKAkSFAoMY2FwYWJpbGl0aWVzGAQgAygJEhAKCGNhcGFjaXR5GAUgASgFEiwKC3N5c3RlbV9pbmZvGAYgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIZChFydW5uaW5nX2xlYXNlX2lkcxgHIAMoCRI0ChZ1bmFja25vd2xlZGdlZF9yZXN1bHRzGAggAygLMhQub3Jpb24udjEuVGFza1Jlc3VsdBIWCg5kYWVtb25fdmVyc2lvbhgJIAEoCSJZCg9EZXZpY2VIZWFydGJlYXQSKwoHc2VudF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRcnVubmluZ19sZWFzZV9pZHMYAiADKAkiIQoNQXNzaWdubWVudEFjaxIQCghsZWFzZV9pZBgBIAEoCSI0ChBBc3NpZ25tZW50UmVqZWN0EhAKCGxlYXNlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSKMAQoMVGFza1Byb2dyZXNzEhAKCGxlYXNlX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIQCghwcm9ncmVzcxgEIAEoARIPCgdtZXNzYWdlGAUgASgJEiUKBGRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IukBCgpUYXNrUmVzdWx0EhAKCGxlYXNlX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIPCgdzdWNjZXNzGAQgASgIEiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRIuCgpzdGFydGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiHQoLRGV2aWNlRHJhaW4SDgoGcmVhc29uGAEgASgJIrkBCg1TZXJ2ZXJXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiQMKDlRhc2tBc3NpZ25tZW50EhAKCGxlYXNlX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUSLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG9yaW9uX2lkGAQgASgJEg8KB3Rhc2tfaWQYBSABKAkSEQoJdGFza190ZXh0GAYgASgJEioKCXRhc2tfZGF0YRgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKgoHdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJBCg10cmFjZV9jb250ZXh0GAkgAygLMioub3Jpb24udjEuVGFza0Fzc2lnbm1lbnQuVHJhY2VDb250ZXh0RW50cnkSIAoEdGFzaxgKIAEoCzISLm9yaW9uLnYxLlRhc2tTdGFyGjMKEVRyYWNlQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoLTGVhc2VDYW5jZWwSEAoIbGVhc2VfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB3Rhc2tfaWQYAyABKAkiPwoJUmVzdWx0QWNrEhAKCGxlYXNlX2lkGAEgASgJEhAKCGFjY2VwdGVkGAIgASgIEg4KBnJlYXNvbhgDIAEoCSJTCg1TZXJ2ZXJHb29kYnllEg4KBnJlYXNvbhgBIAEoCRIyCg9yZWNvbm5lY3RfYWZ0ZXIYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24yUwoNRGV2aWNlU2VydmljZRJCCgdDb25uZWN0Ehgub3Jpb24udjEuQ29ubmVjdFJlcXVlc3QaGS5vcmlvbi52MS5Db25uZWN0UmVzcG9uc2UoATABQhxaGm9yaW9uL2dlbi9vcmlvbi92MTtvcmlvbnYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_orion_v1_task_star]);
+  fileDesc("Ch1vcmlvbi92MS9kZXZpY2Vfc2VydmljZS5wcm90bxIIb3Jpb24udjEi9AIKDkNvbm5lY3RSZXF1ZXN0EiYKBWhlbGxvGAEgASgLMhUub3Jpb24udjEuRGV2aWNlSGVsbG9IABIuCgloZWFydGJlYXQYAiABKAsyGS5vcmlvbi52MS5EZXZpY2VIZWFydGJlYXRIABImCgNhY2sYAyABKAsyFy5vcmlvbi52MS5Bc3NpZ25tZW50QWNrSAASLAoGcmVqZWN0GAQgASgLMhoub3Jpb24udjEuQXNzaWdubWVudFJlamVjdEgAEioKCHByb2dyZXNzGAUgASgLMhYub3Jpb24udjEuVGFza1Byb2dyZXNzSAASJgoGcmVzdWx0GAYgASgLMhQub3Jpb24udjEuVGFza1Jlc3VsdEgAEiYKBWRyYWluGAcgASgLMhUub3Jpb24udjEuRGV2aWNlRHJhaW5IABItCgViYXRjaBgIIAEoCzIcLm9yaW9uLnYxLkRldmljZU1lc3NhZ2VCYXRjaEgAQgkKB21lc3NhZ2UiQAoSRGV2aWNlTWVzc2FnZUJhdGNoEioKCG1lc3NhZ2VzGAEgAygLMhgub3Jpb24udjEuQ29ubmVjdFJlcXVlc3QipwIKD0Nvbm5lY3RSZXNwb25zZRIqCgd3ZWxjb21lGAEgASgLMhcub3Jpb24udjEuU2VydmVyV2VsY29tZUgAEi4KCmFzc2lnbm1lbnQYAiABKAsyGC5vcmlvbi52MS5UYXNrQXNzaWdubWVudEgAEicKBmNhbmNlbBgDIAEoCzIVLm9yaW9uLnYxLkxlYXNlQ2FuY2VsSAASKQoKcmVzdWx0X2FjaxgEIAEoCzITLm9yaW9uLnYxLlJlc3VsdEFja0gAEioKB2dvb2RieWUYBSABKAsyFy5vcmlvbi52MS5TZXJ2ZXJHb29kYnllSAASLQoFYmF0Y2gYBiABKAsyHC5vcmlvbi52MS5TZXJ2ZXJNZXNzYWdlQmF0Y2hIAEIJCgdtZXNzYWdlIkEKElNlcnZlck1lc3NhZ2VCYXRjaBIrCghtZXNzYWdlcxgBIAMoCzIZLm9yaW9uLnYxLkNvbm5lY3RSZXNwb25zZSK1AgoLRGV2aWNlSGVsbG8SEQoJZGV2aWNlX2lkGAEgASgJEikKC2RldmljZV90eXBlGAIgASgOMhQub3Jpb24udjEuRGV2aWNlVHlwZRIQCghwbGF0Zm9ybRgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSEAoIY2FwYWNpdHkYBSABKAUSLAoLc3lzdGVtX2luZm8YBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhkKEXJ1bm5pbmdfbGVhc2VfaWRzGAcgAygJEjQKFnVuYWNrbm93bGVkZ2VkX3Jlc3VsdHMYCCADKAsyFC5vcmlvbi52MS5UYXNrUmVzdWx0EhYKDmRhZW1vbl92ZXJzaW9uGAkgASgJEhcKD2FjY2VwdHNfYmF0Y2hlcxgKIAEoCCJZCg9EZXZpY2VIZWFydGJlYXQSKwoHc2VudF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRcnVubmluZ19sZWFzZV9pZHMYAiADKAkiIQoNQXNzaWdubWVudEFjaxIQCghsZWFzZV9pZBgBIAEoCSI0ChBBc3NpZ25tZW50UmVqZWN0EhAKCGxlYXNlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSKMAQoMVGFza1Byb2dyZXNzEhAKCGxlYXNlX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIQCghwcm9ncmVzcxgEIAEoARIPCgdtZXNzYWdlGAUgASgJEiUKBGRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IukBCgpUYXNrUmVzdWx0EhAKCGxlYXNlX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIPCgdzdWNjZXNzGAQgASgIEiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRIuCgpzdGFydGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiHQoLRGV2aWNlRHJhaW4SDgoGcmVhc29uGAEgASgJItIBCg1TZXJ2ZXJXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPYWNjZXB0c19iYXRjaGVzGAUgASgIIokDCg5UYXNrQXNzaWdubWVudBIQCghsZWFzZV9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghvcmlvbl9pZBgEIAEoCRIPCgd0YXNrX2lkGAUgASgJEhEKCXRhc2tfdGV4dBgGIAEoCRIqCgl0YXNrX2RhdGEYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EioKB3RpbWVvdXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SQQoNdHJhY2VfY29udGV4dBgJIAMoCzIqLm9yaW9uLnYxLlRhc2tBc3NpZ25tZW50LlRyYWNlQ29udGV4dEVudHJ5EiAKBHRhc2sYCiABKAsyEi5vcmlvbi52MS5UYXNrU3RhchozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKC0xlYXNlQ2FuY2VsEhAKCGxlYXNlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIPCgd0YXNrX2lkGAMgASgJIj8KCVJlc3VsdEFjaxIQCghsZWFzZV9pZBgBIAEoCRIQCghhY2NlcHRlZBgCIAEoCBIOCgZyZWFzb24YAyABKAkiUwoNU2VydmVyR29vZGJ5ZRIOCgZyZWFzb24YASABKAkSMgoPcmVjb25uZWN0X2FmdGVyGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uMlMKDURldmljZVNlcnZpY2USQgoHQ29ubmVjdBIYLm9yaW9uLnYxLkNvbm5lY3RSZXF1ZXN0Ghkub3Jpb24udjEuQ29ubmVjdFJlc3BvbnNlKAEwAUIcWhpvcmlvbi9nZW4vb3Jpb24vdjE7b3Jpb252MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_orion_v1_task_star]);
 
 /**
  * ConnectRequest is one device -> server message of the Connect stream (the
@@ -86,6 +86,15 @@ export type ConnectRequest = Message<"orion.v1.ConnectRequest"> & {
      */
     value: DeviceDrain;
     case: "drain";
+  } | {
+    /**
+     * Several of the messages above at once, in order, as if sent one by one.
+     * Only after a `welcome` with accepts_batches; never nested, never `hello`.
+     *
+     * @generated from field: orion.v1.DeviceMessageBatch batch = 8;
+     */
+    value: DeviceMessageBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -95,6 +104,28 @@ export type ConnectRequest = Message<"orion.v1.ConnectRequest"> & {
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
   messageDesc(file_orion_v1_device_service, 0);
+
+/**
+ * DeviceMessageBatch carries several device -> server messages in one stream
+ * message (fewer, larger writes when a device has several things to say).
+ *
+ * @generated from message orion.v1.DeviceMessageBatch
+ */
+export type DeviceMessageBatch = Message<"orion.v1.DeviceMessageBatch"> & {
+  /**
+   * The messages, in the order they would have been sent one by one.
+   *
+   * @generated from field: repeated orion.v1.ConnectRequest messages = 1;
+   */
+  messages: ConnectRequest[];
+};
+
+/**
+ * Describes the message orion.v1.DeviceMessageBatch.
+ * Use `create(DeviceMessageBatchSchema)` to create a new message.
+ */
+export const DeviceMessageBatchSchema: GenMessage<DeviceMessageBatch> = /*@__PURE__*/
+  messageDesc(file_orion_v1_device_service, 1);
 
 /**
  * ConnectResponse is one server -> device message of the Connect stream (the
@@ -148,6 +179,16 @@ export type ConnectResponse = Message<"orion.v1.ConnectResponse"> & {
      */
     value: ServerGoodbye;
     case: "goodbye";
+  } | {
+    /**
+     * Several of the messages above at once, in order, as if sent one by one
+     * (e.g. the assignments dispatched in one scheduler step). Only to devices
+     * whose `hello` set accepts_batches; never nested.
+     *
+     * @generated from field: orion.v1.ServerMessageBatch batch = 6;
+     */
+    value: ServerMessageBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -156,7 +197,29 @@ export type ConnectResponse = Message<"orion.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 1);
+  messageDesc(file_orion_v1_device_service, 2);
+
+/**
+ * ServerMessageBatch carries several server -> device messages in one stream
+ * message.
+ *
+ * @generated from message orion.v1.ServerMessageBatch
+ */
+export type ServerMessageBatch = Message<"orion.v1.ServerMessageBatch"> & {
+  /**
+   * The messages, in the order they would have been sent one by one.
+   *
+   * @generated from field: repeated orion.v1.ConnectResponse messages = 1;
+   */
+  messages: ConnectResponse[];
+};
+
+/**
+ * Describes the message orion.v1.ServerMessageBatch.
+ * Use `create(ServerMessageBatchSchema)` to create a new message.
+ */
+export const ServerMessageBatchSchema: GenMessage<ServerMessageBatch> = /*@__PURE__*/
+  messageDesc(file_orion_v1_device_service, 3);
 
 /**
  * DeviceHello registers a device session.
@@ -226,6 +289,14 @@ export type DeviceHello = Message<"orion.v1.DeviceHello"> & {
    * @generated from field: string daemon_version = 9;
    */
   daemonVersion: string;
+
+  /**
+   * The device understands ConnectResponse.batch: the server may then send
+   * several messages in one.
+   *
+   * @generated from field: bool accepts_batches = 10;
+   */
+  acceptsBatches: boolean;
 };
 
 /**
@@ -233,7 +304,7 @@ export type DeviceHello = Message<"orion.v1.DeviceHello"> & {
  * Use `create(DeviceHelloSchema)` to create a new message.
  */
 export const DeviceHelloSchema: GenMessage<DeviceHello> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 2);
+  messageDesc(file_orion_v1_device_service, 4);
 
 /**
  * DeviceHeartbeat is the device's periodic liveness signal.
@@ -261,7 +332,7 @@ export type DeviceHeartbeat = Message<"orion.v1.DeviceHeartbeat"> & {
  * Use `create(DeviceHeartbeatSchema)` to create a new message.
  */
 export const DeviceHeartbeatSchema: GenMessage<DeviceHeartbeat> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 3);
+  messageDesc(file_orion_v1_device_service, 5);
 
 /**
  * AssignmentAck accepts an assignment.
@@ -282,7 +353,7 @@ export type AssignmentAck = Message<"orion.v1.AssignmentAck"> & {
  * Use `create(AssignmentAckSchema)` to create a new message.
  */
 export const AssignmentAckSchema: GenMessage<AssignmentAck> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 4);
+  messageDesc(file_orion_v1_device_service, 6);
 
 /**
  * AssignmentReject refuses an assignment.
@@ -310,7 +381,7 @@ export type AssignmentReject = Message<"orion.v1.AssignmentReject"> & {
  * Use `create(AssignmentRejectSchema)` to create a new message.
  */
 export const AssignmentRejectSchema: GenMessage<AssignmentReject> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 5);
+  messageDesc(file_orion_v1_device_service, 7);
 
 /**
  * TaskProgress reports progress of a running lease.
@@ -366,7 +437,7 @@ export type TaskProgress = Message<"orion.v1.TaskProgress"> & {
  * Use `create(TaskProgressSchema)` to create a new message.
  */
 export const TaskProgressSchema: GenMessage<TaskProgress> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 6);
+  messageDesc(file_orion_v1_device_service, 8);
 
 /**
  * TaskResult is the final outcome of a lease.
@@ -436,7 +507,7 @@ export type TaskResult = Message<"orion.v1.TaskResult"> & {
  * Use `create(TaskResultSchema)` to create a new message.
  */
 export const TaskResultSchema: GenMessage<TaskResult> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 7);
+  messageDesc(file_orion_v1_device_service, 9);
 
 /**
  * DeviceDrain asks the server to stop sending new assignments.
@@ -457,7 +528,7 @@ export type DeviceDrain = Message<"orion.v1.DeviceDrain"> & {
  * Use `create(DeviceDrainSchema)` to create a new message.
  */
 export const DeviceDrainSchema: GenMessage<DeviceDrain> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 8);
+  messageDesc(file_orion_v1_device_service, 10);
 
 /**
  * ServerWelcome opens a session.
@@ -492,6 +563,14 @@ export type ServerWelcome = Message<"orion.v1.ServerWelcome"> & {
    * @generated from field: google.protobuf.Timestamp server_time = 4;
    */
   serverTime?: Timestamp;
+
+  /**
+   * The server understands ConnectRequest.batch: the device may then send
+   * several messages in one.
+   *
+   * @generated from field: bool accepts_batches = 5;
+   */
+  acceptsBatches: boolean;
 };
 
 /**
@@ -499,7 +578,7 @@ export type ServerWelcome = Message<"orion.v1.ServerWelcome"> & {
  * Use `create(ServerWelcomeSchema)` to create a new message.
  */
 export const ServerWelcomeSchema: GenMessage<ServerWelcome> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 9);
+  messageDesc(file_orion_v1_device_service, 11);
 
 /**
  * TaskAssignment leases a star to the device.
@@ -585,7 +664,7 @@ export type TaskAssignment = Message<"orion.v1.TaskAssignment"> & {
  * Use `create(TaskAssignmentSchema)` to create a new message.
  */
 export const TaskAssignmentSchema: GenMessage<TaskAssignment> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 10);
+  messageDesc(file_orion_v1_device_service, 12);
 
 /**
  * LeaseCancel tells the device to stop a lease.
@@ -620,7 +699,7 @@ export type LeaseCancel = Message<"orion.v1.LeaseCancel"> & {
  * Use `create(LeaseCancelSchema)` to create a new message.
  */
 export const LeaseCancelSchema: GenMessage<LeaseCancel> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 11);
+  messageDesc(file_orion_v1_device_service, 13);
 
 /**
  * ResultAck acknowledges a TaskResult; the device may then forget it.
@@ -656,7 +735,7 @@ export type ResultAck = Message<"orion.v1.ResultAck"> & {
  * Use `create(ResultAckSchema)` to create a new message.
  */
 export const ResultAckSchema: GenMessage<ResultAck> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 12);
+  messageDesc(file_orion_v1_device_service, 14);
 
 /**
  * ServerGoodbye ends a session.
@@ -684,7 +763,7 @@ export type ServerGoodbye = Message<"orion.v1.ServerGoodbye"> & {
  * Use `create(ServerGoodbyeSchema)` to create a new message.
  */
 export const ServerGoodbyeSchema: GenMessage<ServerGoodbye> = /*@__PURE__*/
-  messageDesc(file_orion_v1_device_service, 13);
+  messageDesc(file_orion_v1_device_service, 15);
 
 /**
  * DeviceService is the device link: each device daemon holds ONE long-lived
