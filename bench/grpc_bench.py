@@ -2,7 +2,7 @@
 
     python bench/grpc_bench.py                      # 10/100 devices x capacity 1/16, 10k stars
     python bench/grpc_bench.py --stars 20000 --shapes wide chains fan
-    python bench/grpc_bench.py --store sqlite       # with the durable store (if the server has it)
+    python bench/grpc_bench.py --store              # with the durable store (SQLite, group commits)
     python bench/grpc_bench.py --quick              # tiny, for the smoke test
 
 This process is the client: it submits each orion with ``OrchestrateOrion`` (round_robin) and
@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Fleet:
     """A server and device-simulator processes."""
 
     def __init__(self, devices: int, capacity: int, batch: bool, server_args: list[str],
-                 hosts: int | None = None) -> None:
+                 hosts: int | None = None, store: bool = False) -> None:
         self.devices = devices
         self.capacity = capacity
         self.batch = batch
@@ -55,10 +56,12 @@ class Fleet:
         self.hosts: list[Proc] = []
         self.target = ""
         self.connect_s = 0.0
+        self.store = tempfile.TemporaryDirectory(prefix="orion-bench-") if store else None
 
     async def __aenter__(self) -> Fleet:
         try:
-            self.server, self.target = await start_server(*self.server_args)
+            store = ["--store", f"{self.store.name}/orion.db"] if self.store else []
+            self.server, self.target = await start_server(*self.server_args, *store)
             per = -(-self.devices // self.hosts_wanted)
             start = time.perf_counter()
             for h in range(self.hosts_wanted):
@@ -83,6 +86,8 @@ class Fleet:
         await asyncio.gather(*(h.stop() for h in self.hosts), return_exceptions=True)
         if self.server is not None:
             await self.server.stop()
+        if self.store is not None:
+            self.store.cleanup()
 
     async def stats(self) -> dict[str, Any]:
         merged: dict[str, Any] = {"assignments": 0, "messages": 0, "dispatch_us": [],
@@ -127,7 +132,7 @@ async def run_orion(fleet: Fleet, client: OrionClient, shape: str, n: int, tag: 
 
 
 async def idle_latency(args: argparse.Namespace, server_args: list[str]) -> dict[str, Any]:
-    async with Fleet(1, 1, args.batch, server_args) as fleet, \
+    async with Fleet(1, 1, args.batch, server_args, store=args.store) as fleet, \
             OrionClient(fleet.target, timeout=60) as client:
         await client.wait_ready()
         await run_orion(fleet, client, "chain1", 20, "warm")
@@ -156,12 +161,13 @@ COLUMNS = [("devices", "devices"), ("capacity", "capacity"), ("shape", "shape"),
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     server_args = ["--event-retention", str(max(50_000, 3 * args.stars))]
-    if args.store:
-        server_args += ["--store", args.store]
+    if not args.store:
+        server_args += ["--store", "none"]  # (with --store, each Fleet gets a fresh one)
     rows = []
     for devices in args.devices:
         for capacity in args.capacities:
-            async with Fleet(devices, capacity, args.batch, server_args) as fleet, \
+            async with Fleet(devices, capacity, args.batch, server_args,
+                             store=args.store) as fleet, \
                     OrionClient(fleet.target, timeout=60) as client:
                 await client.wait_ready()
                 await run_orion(fleet, client, "wide", min(1000, args.stars), "warm")
@@ -177,7 +183,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     print(f"idle (1 device, capacity 1, one chain of {idle['stars']}): hop p50 "
           f"{idle['hop_p50_ms']} ms p99 {idle['hop_p99_ms']} ms; dispatch p50 "
           f"{idle['dispatch_p50_ms']} ms p99 {idle['dispatch_p99_ms']} ms", flush=True)
-    return {"rows": rows, "idle": idle, "store": args.store or None, "batch": args.batch}
+    return {"rows": rows, "idle": idle, "store": args.store, "batch": args.batch}
 
 
 def main() -> None:
@@ -188,9 +194,10 @@ def main() -> None:
     ap.add_argument("--devices", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--capacities", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--idle-stars", type=int, default=500)
-    ap.add_argument("--batch", action=argparse.BooleanOptionalAction, default=False,
-                    help="devices accept assignment batches")
-    ap.add_argument("--store", default="", help="server --store value (durable store)")
+    ap.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
+                    help="devices accept message batches (default: yes, as orion device does)")
+    ap.add_argument("--store", action="store_true",
+                    help="run the server with its durable store (SQLite in a temp directory)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run the server under py-spy (must be installed) and write its "

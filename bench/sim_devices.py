@@ -6,8 +6,8 @@
 Every device opens its own Connect stream (``--channels`` HTTP/2 connections shared by all of
 this process's devices), says ``hello`` and answers every assignment at once with a
 successful, empty result — the cheapest device a server can have, so the benchmarks measure
-the server. ``--batch`` announces that the device accepts assignment batches and answers a
-batch with one result batch.
+the server. ``--batch`` announces that the device accepts batches (``hello.accepts_batches``)
+and answers a batch of assignments with one batch of results.
 
 The process prints ``ready N SECONDS`` once all N devices are welcomed (SECONDS: time to
 connect them all), then obeys lines on stdin:
@@ -78,6 +78,7 @@ async def device(stub: pb_grpc.DeviceServiceStub, device_id: str, capacity: int,
     first = await call.read()
     if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
         raise RuntimeError(f"{device_id}: no welcome ({first})")
+    server_batches = batch and first.welcome.accepts_batches
     stats.connected += 1
     if stats.connected == total:
         welcomed.set()
@@ -89,8 +90,11 @@ async def device(stub: pb_grpc.DeviceServiceStub, device_id: str, capacity: int,
         kind = msg.WhichOneof("message")
         if kind == "assignment":
             assignments: Any = (msg.assignment,)
-        elif kind == "assignments":
-            assignments = msg.assignments.assignments
+        elif kind == "batch":
+            assignments = [m.assignment for m in msg.batch.messages
+                           if m.WhichOneof("message") == "assignment"]
+            if not assignments:
+                continue
         elif kind == "goodbye":
             return
         else:
@@ -106,11 +110,14 @@ async def device(stub: pb_grpc.DeviceServiceStub, device_id: str, capacity: int,
                 dispatch.append((now - a.task.execution_start_time.ToNanoseconds()) // 1000)
         if capacity == 1 and last_sent and len(hops) < MAX_SAMPLES:
             hops.append((now - last_sent) // 1000)
-        if len(assignments) == 1:
-            await call.write(pb.ConnectRequest(result=result_of(assignments[0])))
+        if len(assignments) == 1 or not server_batches:
+            for a in assignments:
+                await call.write(pb.ConnectRequest(result=result_of(a)))
         else:
             batch_msg = pb.ConnectRequest()
-            batch_msg.results.results.extend(result_of(a) for a in assignments)
+            add = batch_msg.batch.messages.add
+            for a in assignments:
+                add().result.CopyFrom(result_of(a))
             await call.write(batch_msg)
         last_sent = time.time_ns()
 
