@@ -67,8 +67,10 @@ async def test_devices_with_clocks_hours_off_run_orions_like_any_other():
         clock = result["results"][f"clock-{device}"]
         # The device's clock really is off ...
         assert abs(clock["device_time"] - (now + offset)) < 300, clock
-        # ... yet the deadline it was given is 30 s away by that clock, not 6 h.
-        assert 0 < clock["seconds_to_deadline"] <= 30, clock
+        # ... yet the deadline it was given is 30 s away by that clock, not 6 h. The device
+        # converts it with its skew estimate, which is good to a round trip, not to the
+        # millisecond: allow a little either side.
+        assert 0 < clock["seconds_to_deadline"] <= 31, clock
         assert result["results"][f"long-{device}"]["device_id"] == device
         # The server expired the held star after about a second of ITS clock.
         started = feed.of("TASK_STARTED", task_id=f"late-{device}")[0]
