@@ -65,6 +65,7 @@ GOODBYE_SERVER_SHUTDOWN = "server_shutdown"
 GOODBYE_DEVICE_LOST = "device_lost"
 GOODBYE_OVERLOADED = "outbound_queue_full"
 CANCEL_UNKNOWN_LEASE = "unknown_lease"
+CANCEL_SERVER_SHUTDOWN = "server_shutdown"
 CLOCK_SKEW_WARNING = 30.0  # seconds between a device's clock and ours worth a warning
 FENCE_UNKNOWN_LEASE = "unknown_or_stale_lease"
 FENCE_NOT_HOLDER = "not_lease_holder"
@@ -391,17 +392,27 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
                 fut.set_result(None)
 
     async def close(self, reason: str = GOODBYE_SERVER_SHUTDOWN,
-                    reconnect_after: float | None = None, timeout: float | None = None) -> None:
+                    reconnect_after: float | None = None, timeout: float | None = None, *,
+                    cancel_running: bool = False) -> None:
         """Server shutdown: say ``goodbye`` on every session, end them, wait for the handlers.
 
         New streams are refused (UNAVAILABLE) from now on. Leases still running fail with
-        ``device_disconnection`` as their devices are released.
+        ``device_disconnection`` as their devices are released. With ``cancel_running`` each
+        device is first told to stop them (``cancel {reason: server_shutdown}``): for a server
+        whose orions will not be resumed, their results could only be fenced off. Without it
+        devices keep working and replay the results to the restarted server.
         """
         self._closing = True
         goodbye = pb.ServerGoodbye(reason=reason)
         if reconnect_after is not None:
             _seconds_to(goodbye.reconnect_after, reconnect_after)
         for session in list(self._sessions.values()):
+            if cancel_running and not session.detached:
+                device = self.devices.get_device_info(session.device_id)
+                for lease in list(device.running.values()) if device is not None else ():
+                    session.send(pb.ConnectResponse(cancel=pb.LeaseCancel(
+                        lease_id=lease.lease_id, reason=CANCEL_SERVER_SHUTDOWN,
+                        task_id=lease.task_id)))
             session.end(f"server shutting down ({reason})", goodbye)
             self._release(session, f"server shutting down ({reason})")
         handlers = list(self._handlers)

@@ -413,7 +413,9 @@ class OrionServer:
             self._engine.seal_store()
         if self._state is not None:
             self._state.events.close("server shutting down")
-        await self._call_device_service("close")  # devices get goodbye
+        # Devices get goodbye. Their running work is cancelled first unless a restart will
+        # resume it (a store that outlives this process): then they finish and replay.
+        await self._call_device_service("close", cancel_running=not self._resumable())
         if self._engine is not None:
             await self._engine.close()
         if self._state is not None:
@@ -429,12 +431,17 @@ class OrionServer:
                 self.metrics.detach()
         logger.info("server stopped")
 
-    async def _call_device_service(self, name: str) -> None:
+    def _resumable(self) -> bool:
+        """Will a restarted server resume this one's orions (a store outliving the process)?"""
+        journal = self._engine.journal if self._engine is not None else None
+        return journal is not None and journal.store.describe() != ":memory:"
+
+    async def _call_device_service(self, name: str, **kwargs: Any) -> None:
         method = getattr(self.device_service, name, None)
         if method is None:
             return
         try:
-            outcome = method()
+            outcome = method(**kwargs)
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:

@@ -175,6 +175,7 @@ async def test_sigterm_with_watch_and_device_streams_open_ends_cleanly_and_resum
             await daemon.wait_for_line("server said goodbye (server_shutdown)")
     out, _ = await asyncio.to_thread(fleet.server.proc.communicate, timeout=20)
     assert fleet.server.proc.returncode == 0 and "server stopped" in out
-    # The daemons outlive the server (busy still runs its star), and stop when told to.
+    # The daemons outlive the server (busy's star was cancelled: no store would resume it),
+    # and stop when told to.
     assert busy.proc.returncode is None and idle.proc.returncode is None
     assert await asyncio.gather(busy.terminate(), idle.terminate()) == [0, 0]
