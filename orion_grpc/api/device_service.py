@@ -361,6 +361,11 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         """Live sessions by device id."""
         return {device_id: s.info for device_id, s in self._sessions.items()}
 
+    @property
+    def stream_count(self) -> int:
+        """Connect streams being served now (live sessions, and superseded ones ending)."""
+        return len(self._handlers)
+
     async def wait_for_session(self, device_id: str, *, not_session: str | None = None,
                                timeout: float | None = None) -> str:
         """Wait until ``device_id`` has a live session (other than ``not_session``); its id."""

@@ -327,7 +327,8 @@ class OrionServer:
         if self.metrics is None and config.metrics_port is not None:
             self.metrics, self._owns_metrics = OrionMetrics(), True
         metrics_hooks = None if self.metrics is None else \
-            self.metrics.attach(engine, lambda: events.subscriber_count)
+            self.metrics.attach(engine, lambda: events.subscriber_count,
+                                lambda: getattr(self.device_service, "stream_count", 0))
         if self.metrics is not None and journal is not None:
             journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
                                                                                    seconds)

@@ -12,7 +12,11 @@ What is measured (Prometheus names; ``orion serve --metrics-port`` serves them, 
   {outcome}`` (lease sent -> result), ``orion_store_operation_duration_seconds{operation}``
   (fed by a store through ``observe_store`` / ``time_store``);
 - gauges, read when metrics are collected: ``orion_stars_running``, ``orion_orions_running``,
-  ``orion_devices_connected{device_type}``, ``orion_event_subscribers``.
+  ``orion_devices_connected{device_type}``, ``orion_event_subscribers``,
+  ``orion_device_streams`` (open DeviceService.Connect streams), and the process's
+  ``orion_asyncio_tasks`` (tasks alive in the server's event loop) and
+  ``process_resident_memory_bytes`` (Linux): a leak of streams, tasks or memory shows as
+  growth across connects and disconnects (tests/faults/test_soak.py watches them).
 
 Why it is cheap: an OpenTelemetry SDK ``add`` / ``record`` costs 5-20 us in CPython, as much as
 the engine spends on a whole star. So nothing here calls the SDK per star on the scheduler's
@@ -24,7 +28,9 @@ the next collection) records into the SDK histograms.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -181,16 +187,23 @@ class OrionMetrics:
         self._counter = _EventCounter(self)
         self._engine: OrionEngine | None = None
         self._subscribers: Callable[[], int] | None = None
+        self._device_streams: Callable[[], int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._register_observables()
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, engine: OrionEngine, subscribers: Callable[[], int] | None = None
-               ) -> MetricsHooks:
+    def attach(self, engine: OrionEngine, subscribers: Callable[[], int] | None = None,
+               device_streams: Callable[[], int] | None = None) -> MetricsHooks:
         """Measure ``engine``: count its events, read its gauges; returns the engine hooks to
         install (``orchestrator.set_tracer_hooks``, combined with tracing's if any).
-        ``subscribers`` counts the open event streams (the server's ``EventLog``)."""
+        ``subscribers`` counts the open event streams (the server's ``EventLog``),
+        ``device_streams`` the open device streams (the DeviceService). Call it from the
+        engine's event loop: its tasks are what ``orion_asyncio_tasks`` counts."""
         self._engine = engine
         self._subscribers = subscribers
+        self._device_streams = device_streams
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         engine.bus.subscribe(self._counter, {*STAR_COUNTERS, EventType.ORION_STARTED,
                                              *ORION_END_EVENTS})
         return MetricsHooks(self)
@@ -259,6 +272,15 @@ class OrionMetrics:
         meter.create_observable_gauge(
             "orion_event_subscribers", [self._event_subscribers], unit="{stream}",
             description="open WatchEvents streams")
+        meter.create_observable_gauge(
+            "orion_device_streams", [self._count(lambda: self._device_streams)],
+            unit="{stream}", description="open DeviceService.Connect streams")
+        meter.create_observable_gauge(
+            "orion_asyncio_tasks", [self._asyncio_tasks], unit="{task}",
+            description="asyncio tasks alive in the server's event loop")
+        meter.create_observable_gauge(
+            "process_resident_memory_bytes", [self._resident_memory], unit="By",
+            description="resident set size of the server process (Linux)")
 
     def _star_callback(self, kind: EventType) -> Callable[[CallbackOptions], list[Observation]]:
         return lambda _: [Observation(self._counter.stars[kind])]
@@ -281,6 +303,29 @@ class OrionMetrics:
             kind = info.device_type.value if info.device_type else (info.os or "unknown")
             by_type[kind] = by_type.get(kind, 0) + 1
         return [Observation(n, {"device_type": kind}) for kind, n in sorted(by_type.items())]
+
+    @staticmethod
+    def _count(source: Callable[[], Callable[[], int] | None]
+               ) -> Callable[[CallbackOptions], list[Observation]]:
+        def callback(_: CallbackOptions) -> list[Observation]:
+            read = source()
+            return [] if read is None else [Observation(read())]
+        return callback
+
+    def _asyncio_tasks(self, _: CallbackOptions) -> list[Observation]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return []
+        return [Observation(len(asyncio.all_tasks(loop)))]
+
+    @staticmethod
+    def _resident_memory(_: CallbackOptions) -> list[Observation]:
+        try:  # /proc/self/statm: size resident shared ... (in pages)
+            with open("/proc/self/statm") as statm:
+                pages = int(statm.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return []  # not Linux: no such gauge rather than a wrong one
+        return [Observation(pages * os.sysconf("SC_PAGE_SIZE"))]
 
     def _event_subscribers(self, _: CallbackOptions) -> list[Observation]:
         return [] if self._subscribers is None else [Observation(self._subscribers())]

@@ -8,6 +8,7 @@ prometheus_client's reference parser.
 from __future__ import annotations
 
 import asyncio
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -183,3 +184,22 @@ async def test_metrics_are_off_unless_a_port_is_given(make_server: MakeServer) -
     assert ServerConfig.from_sources({}, env={"ORION_METRICS_PORT": ""}).metrics_port is None
     with pytest.raises(ValueError, match="metrics_port 70000 is not in 0..65535"):
         ServerConfig.from_sources({"metrics_port": 70000}, env={})
+
+
+async def test_gauges_of_device_streams_tasks_and_memory(make_server: MakeServer) -> None:
+    from orion_grpc.device import DeviceAgent
+
+    server = await make_server(metrics_port=0)
+    before = await scrape(server)
+    agent = DeviceAgent(server.target, "d1", "linux")
+    agent.start()
+    await agent.wait_connected(WAIT)
+    during = await scrape(server)
+    await agent.stop(timeout=WAIT)
+    await server.device_service.wait_for_no_session("d1", timeout=WAIT)
+    assert value(before, "orion_device_streams") == 0
+    assert value(during, "orion_device_streams") == 1
+    # A session is a handler, a reader, a writer and a watchdog: four tasks more.
+    assert value(during, "orion_asyncio_tasks") >= value(before, "orion_asyncio_tasks") + 4
+    if sys.platform == "linux":
+        assert value(during, "process_resident_memory_bytes") > 10 * 1024 * 1024
