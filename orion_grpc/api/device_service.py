@@ -459,9 +459,11 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
             self._release(session, session.end_reason or "stream cancelled")
             for task in (reader, writer, watchdog):
                 task.cancel()
-            await asyncio.gather(reader, writer, watchdog, return_exceptions=True)
-            if handler is not None:
-                self._handlers.discard(handler)
+            try:
+                await asyncio.gather(reader, writer, watchdog, return_exceptions=True)
+            finally:  # gRPC may cancel the handler again right here: forget it regardless
+                if handler is not None:
+                    self._handlers.discard(handler)
         if session.status is not None:
             await context.abort(*session.status)
 

@@ -408,6 +408,22 @@ async def test_the_end_of_the_stream_loses_the_device(harness, how):
     assert not harness.devices.is_online("d1")
 
 
+async def test_a_handler_cancelled_twice_still_forgets_its_stream(harness):
+    # gRPC may cancel a handler again while it cleans up after the first cancellation (the
+    # device dropped its stream); the stream must not stay counted (and referenced) forever.
+    dev = harness.raw()
+    await dev.hello("d1")
+    (handler,) = harness.servicer._handlers
+    handler.cancel()
+    await asyncio.sleep(0)  # into its cleanup, awaiting the session's own tasks ...
+    handler.cancel()  # ... and cancelled again there
+    await asyncio.wait([handler], timeout=WAIT)
+    assert handler.done()
+    assert harness.servicer.stream_count == 0
+    assert not harness.devices.is_online("d1")
+    dev.cancel()
+
+
 async def test_server_close_says_goodbye_and_refuses_new_sessions(harness):
     dev = harness.raw()
     await dev.hello("d1")
