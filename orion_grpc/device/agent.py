@@ -221,7 +221,7 @@ class DeviceAgent:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[str, pb.TaskResult] = {}  # results until the server acks them
         self._session: _Session | None = None
-        self._abandoned: list[tuple[Any, asyncio.Task[None]]] = []  # (call, reader)
+        self._abandoned: list[tuple[_Session, Any, asyncio.Task[None]]] = []
         self._connected = asyncio.Event()
         self._changed = asyncio.Event()
         self._draining = False
@@ -348,7 +348,11 @@ class DeviceAgent:
                 task.cancel()
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
-            for call, reader in self._abandoned:
+            for session, call, reader in self._abandoned:
+                # End its request stream too: gRPC's task feeding it would otherwise wait
+                # on it forever and be destroyed pending ("Task was destroyed but it is
+                # pending", then "aclose(): asynchronous generator is already running").
+                session.close_requests()
                 reader.cancel()
                 call.cancel()
             self._abandoned.clear()
@@ -454,7 +458,7 @@ class DeviceAgent:
             if session.heartbeat is not None:
                 session.heartbeat.cancel()
             if session.abandon:  # as after a network partition: open, silent, unread
-                self._abandoned.append((call, reader))
+                self._abandoned.append((session, call, reader))
             else:
                 session.close_requests()
                 reader.cancel()
