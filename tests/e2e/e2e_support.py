@@ -324,19 +324,32 @@ class EventFeed:
         return [e for e in self.events if match(e)]
 
     async def wait_for(self, kind: str, timeout: float = WAIT, **fields: Any) -> Any:
-        found = self.of(kind, **fields)
-        if found:
-            return found[0]
+        return await self.wait_for_count(kind, 1, timeout, **fields)
+
+    async def wait_for_count(self, kind: str, count: int, timeout: float = WAIT,
+                             **fields: Any) -> Any:
+        """The ``count``-th matching event (seen already, or to come)."""
+        match = self._matcher(kind, fields)
+        found = [e for e in self.events if match(e)]
+        if len(found) >= count:
+            return found[count - 1]
         if self.error is not None:
             raise self.error
-        entry = (self._matcher(kind, fields), asyncio.get_running_loop().create_future())
+        missing = [count - len(found)]
+
+        def counting(event: Any) -> bool:
+            if match(event):
+                missing[0] -= 1
+            return missing[0] <= 0
+
+        entry = (counting, asyncio.get_running_loop().create_future())
         self._waiters.append(entry)
         try:
             return await asyncio.wait_for(entry[1], timeout)
         except TimeoutError:
-            raise AssertionError(f"no {kind} event with {fields} within {timeout:g}s; got: "
-                                 + ", ".join(f"{e.type}/{e.task_id or e.device_id}"
-                                             for e in self.events[-20:])) from None
+            raise AssertionError(f"no {kind} event #{count} with {fields} within {timeout:g}s; "
+                                 "got: " + ", ".join(f"{e.type}/{e.task_id or e.device_id}"
+                                                     for e in self.events[-20:])) from None
         finally:
             self._waiters.remove(entry)
 
