@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 import pytest
-from e2e_support import ROOT, WAIT, Child, Daemon, orion_command
+from e2e_support import ROOT, WAIT, Child, Daemon, orion_command, store_args
 from test_tracing_e2e import release_orion
 
 from orion_grpc.client import OrionClient
@@ -49,7 +49,8 @@ def one(lines: list[dict[str, Any]], text: str) -> dict[str, Any]:
 
 async def test_server_and_device_log_json_lines_naming_orion_star_device_and_trace() -> None:
     server = Child(await Child._spawn(orion_command(
-        "serve", "--port", "0", "--log-level", "DEBUG", "--retry-backoff-base", "0"),
+        "serve", "--port", "0", "--log-level", "DEBUG", "--retry-backoff-base", "0",
+        *store_args(())),
         env=TRACED), "orion serve")
     daemon: Daemon | None = None
     try:
