@@ -673,6 +673,36 @@ def test_constant_regex_is_validated_at_compile_time() -> None:
     assert "regular expression too long" in str(syntax_error(f"result.name.matches('{'a' * 300}')"))
 
 
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        # Each takes minutes or more with a backtracking engine; RE2 answers at once (a hang
+        # here ends in the suite's timeout, not in a slow pass).
+        (r"(a+)+$", "a" * 5_000 + "!", False),
+        (r"(a+)+!", "a" * 5_000 + "!", True),
+        (r"(a|a)*b", "a" * 50_000, False),
+        (r"a*a*a*a*a*x", "a" * 50_000, False),
+        (r".*x", "a" * 100_000, False),
+    ],
+)
+def test_regex_runs_in_linear_time_on_hostile_patterns(pattern: str, text: str, expected: bool) -> None:
+    condition = compile_condition(f"result.s.matches(r'{pattern}')")
+    assert condition.evaluate(make_vars(result={"s": text})) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "detail"),
+    [
+        (r"(a)\1", "invalid escape sequence"),
+        ("(?=a)", "invalid perl operator"),
+        ("(?<=a)b", "invalid perl operator"),
+    ],
+)
+def test_regex_features_re2_lacks_are_compile_errors(pattern: str, detail: str) -> None:
+    message = str(syntax_error(f"result.name.matches(r'{pattern}')"))
+    assert "invalid regular expression" in message and detail in message
 @pytest.mark.parametrize(
     ("source", "message", "position"),
     [
