@@ -183,21 +183,58 @@ def _apply_one(orion: TaskOrion, op: EditOperation) -> Callable[[], None]:
     raise InvalidArgumentError(f"Unknown edit operation {type(op).__name__}", "UNKNOWN_EDIT")
 
 
+def _update_stamps(orion: TaskOrion, edits: list[EditOperation]) -> list[tuple[Any, Any]]:
+    """The stars and lines a batch may touch — those it names and their neighbours — with
+    their ``_updated_at``, so a rollback can put the timestamps back too."""
+    task_ids: set[str] = set()
+    for op in edits:
+        if isinstance(op, (RemoveTask, UpdateTask)):
+            task_ids.add(op.task_id)
+        elif isinstance(op, AddDependency):
+            task_ids.update((op.dependency.from_task_id, op.dependency.to_task_id))
+        elif isinstance(op, (RemoveDependency, UpdateDependency)):
+            line = orion.get_dependency(op.line_id)
+            if line is not None:
+                task_ids.update((line.from_task_id, line.to_task_id))
+    objects: dict[int, Any] = {}
+    for task_id in task_ids:
+        task = orion.get_task(task_id)
+        if task is None:
+            continue
+        objects[id(task)] = task
+        for line in orion.get_task_dependencies(task_id) + orion.get_task_dependents(task_id):
+            objects[id(line)] = line
+            for end in (line.from_task_id, line.to_task_id):
+                neighbour = orion.get_task(end)
+                if neighbour is not None:
+                    objects[id(neighbour)] = neighbour
+    return [(obj, obj._updated_at) for obj in objects.values()]
+
+
 def apply_edits(orion: TaskOrion, edits: list[EditOperation]) -> EditOutcome:
     """Apply ``edits`` atomically; raise EditRejectedError (nothing changed) on the first bad one."""
     undo: list[Callable[[], None]] = []
+    # A rolled-back batch leaves no trace, not even a new updated_at.
+    touched = orion._updated_ts
+    stamps = _update_stamps(orion, edits)
+
+    def roll_back() -> None:
+        for inverse in reversed(undo):
+            inverse()
+        orion._updated_ts = touched
+        for obj, stamp in stamps:
+            obj._updated_at = stamp
+
     orion._deferred = []
     try:
         for index, op in enumerate(edits):
             try:
                 undo.append(_apply_one(orion, op))
             except OrionError as exc:
-                for inverse in reversed(undo):
-                    inverse()
+                roll_back()
                 raise EditRejectedError(exc, index, _rule_for(exc, op)) from exc
             except (TypeError, ValueError) as exc:  # e.g. a condition that does not parse
-                for inverse in reversed(undo):
-                    inverse()
+                roll_back()
                 cause = InvalidArgumentError(str(exc), "INVALID_EDIT")
                 raise EditRejectedError(cause, index, "INVALID") from exc
     finally:

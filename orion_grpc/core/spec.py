@@ -9,6 +9,7 @@ everything is valid.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Any
 
@@ -24,6 +25,33 @@ TASK_KEYS = {"task_id", "name", "description", "tips", "target_device_id", "devi
              "required_capabilities"}
 LINE_KEYS = {"line_id", "from_task_id", "to_task_id", "dependency_type",
              "condition_description", "condition", "metadata"}
+
+
+# Ids end up in resource names, log lines and terminal output: bounded, and without control
+# characters (a newline in an id would forge log lines; an escape sequence would drive the
+# terminal of whoever runs `orion watch`).
+MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an id (orion, star, line or device), or None if it can."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; ids are at most {MAX_ID_LENGTH} characters"
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        return (f"contains the control character {bad.group()!r} at position {bad.start()}; "
+                "ids must be printable text")
+    return None
+
+
+def check_id(value: Any, field: str, problems: list[Violation]) -> None:
+    """Add a violation if ``value`` is a string that cannot be an id (emptiness and type are
+    checked where they matter: some ids are optional)."""
+    if isinstance(value, str):
+        problem = id_problem(value)
+        if problem is not None:
+            problems.append(Violation(field, problem, "INVALID_ID"))
 
 
 def _items(value: Any) -> list[Any]:
@@ -63,11 +91,23 @@ def check_task_fields(data: dict[str, Any], where: str, problems: list[Violation
             bad(key, "must be a list of strings")
     if data.get("task_data") is not None and not isinstance(data["task_data"], dict):
         bad("task_data", "must be an object")
+    for key in ("name", "description", "target_device_id", "expected_output_type"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            bad(key, "must be a string")
+    check_id(data.get("task_id"), f"{where}.task_id", problems)
+    if data.get("target_device_id"):
+        check_id(data["target_device_id"], f"{where}.target_device_id", problems)
 
 
 def validate_spec(spec: dict[str, Any]) -> list[Violation]:
     """Every problem with ``spec`` (empty list = valid)."""
     problems: list[Violation] = []
+    for key in ("orion_id", "name"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            problems.append(Violation(key, "must be a string", "INVALID_FIELD"))
+    check_id(spec.get("orion_id"), "orion_id", problems)
+    if spec.get("metadata") is not None and not isinstance(spec["metadata"], dict):
+        problems.append(Violation("metadata", "must be an object", "INVALID_FIELD"))
     tasks = _items(spec.get("tasks"))
     ids: dict[str, int] = {}
     for i, t in enumerate(tasks):
@@ -103,21 +143,26 @@ def validate_spec(spec: dict[str, Any]) -> list[Violation]:
         src, dst = d.get("from_task_id"), d.get("to_task_id")
         lid = d.get("line_id")
         if lid is not None:
-            if lid in line_ids:
-                problems.append(Violation(f"{where}.line_id", f"Dependency with ID {lid} "
-                                          "already exists", "DUPLICATE_LINE_ID"))
-            line_ids.add(lid)
+            if not isinstance(lid, str):
+                problems.append(Violation(f"{where}.line_id", "must be a string",
+                                          "INVALID_FIELD"))
+            else:
+                check_id(lid, f"{where}.line_id", problems)
+                if lid in line_ids:
+                    problems.append(Violation(f"{where}.line_id", f"Dependency with ID {lid} "
+                                              "already exists", "DUPLICATE_LINE_ID"))
+                line_ids.add(lid)
         ok = True
-        if src not in ids:
-            problems.append(Violation(f"{where}.from_task_id",
-                                      f"Dependency references non-existent source task {src}",
-                                      "DANGLING_DEPENDENCY"))
-            ok = False
-        if dst not in ids:
-            problems.append(Violation(f"{where}.to_task_id",
-                                      f"Dependency references non-existent target task {dst}",
-                                      "DANGLING_DEPENDENCY"))
-            ok = False
+        for key, end, which in (("from_task_id", src, "source"), ("to_task_id", dst, "target")):
+            if not isinstance(end, str) or not end:
+                problems.append(Violation(f"{where}.{key}", f"must name the {which} star "
+                                          "(its task_id)", "MISSING_FIELD"))
+                ok = False
+            elif end not in ids:
+                problems.append(Violation(f"{where}.{key}", f"Dependency references "
+                                          f"non-existent {which} task {end}",
+                                          "DANGLING_DEPENDENCY"))
+                ok = False
         if ok and src == dst:
             problems.append(Violation(where, f"Adding dependency {src} -> {dst} would create a "
                                       "cycle", "SELF_LOOP"))
@@ -127,7 +172,12 @@ def validate_spec(spec: dict[str, Any]) -> list[Violation]:
                                       f"unknown dependency type {d['dependency_type']!r}; "
                                       f"expected one of {[t.value for t in DependencyType]}",
                                       "UNKNOWN_ENUM_VALUE"))
-        if d.get("condition"):
+        for key in ("condition", "condition_description"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                problems.append(Violation(f"{where}.{key}", "must be a string", "INVALID_FIELD"))
+        if d.get("metadata") is not None and not isinstance(d["metadata"], dict):
+            problems.append(Violation(f"{where}.metadata", "must be an object", "INVALID_FIELD"))
+        if isinstance(d.get("condition"), str) and d["condition"]:
             try:
                 compile_condition(d["condition"])
             except ConditionError as exc:

@@ -26,8 +26,8 @@ from .edits import (
     UpdateTask,
     apply_edits,
 )
-from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, TaskStatus
-from .errors import InvalidArgumentError, NotFoundError, Violation
+from .enums import MODIFIABLE_STATUSES, TERMINAL_STATUSES, OrionState, TaskStatus
+from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Violation
 from .events import Event, EventType, IEventObserver, OrionEvent, TaskEvent
 from .task_orion import TaskOrion
 from .task_star import TaskFailure, TaskStar
@@ -245,6 +245,17 @@ class OrionModificationSynchronizer(IEventObserver):
         return orch.get_running_orion(orion_id) or orch.orion_manager.get_orion(orion_id)
 
     # ------------------------------------------------------------------ editing
+    def require_editable(self, orion: TaskOrion) -> None:
+        """Edits apply to orions that have not run yet or are running. Once a run has ended
+        its stars will never be scheduled again: an added star would stay pending forever."""
+        if orion.state in FINISHED_ORION_STATES and \
+                not self.orchestrator.is_running(orion.orion_id):
+            raise FailedPreconditionError(
+                f"Orion {orion.orion_id} has finished ({orion.state.value}): edits apply to "
+                "orions that have not run yet or are running; submit a new orion for more work",
+                "ORION_FINISHED", metadata={"orion_id": orion.orion_id,
+                                            "state": orion.state.value})
+
     def edit_orion(self, orion_id: str, edits: list[EditOperation],
                    on_task_ids: Iterable[str] | str | None = None) -> EditOutcome:
         """Apply an atomic edit batch to a live orion, then acknowledge ``on_task_ids``."""
@@ -252,6 +263,7 @@ class OrionModificationSynchronizer(IEventObserver):
         if orion is None:
             raise NotFoundError(f"Orion {orion_id} not found", "ORION_NOT_FOUND",
                                 {"orion_id": orion_id})
+        self.require_editable(orion)
         outcome = apply_edits(orion, edits)
         ids = normalize_task_ids(on_task_ids)
         orch = self.orchestrator
@@ -286,6 +298,7 @@ class OrionModificationSynchronizer(IEventObserver):
         Like ``merge_and_sync_orion_states`` but explicit, and a structural change that breaks
         an invariant raises ``EditRejectedError`` (nothing changed) instead of being logged.
         """
+        self.require_editable(orchestrator_orion)
         edits, advances = diff_orions(orchestrator_orion, planner)
         if edits:
             apply_edits(orchestrator_orion, edits)
@@ -303,6 +316,10 @@ class OrionModificationSynchronizer(IEventObserver):
         return orchestrator_orion
 
     merge_and_sync_constellation_states = merge_and_sync_orion_states
+
+
+FINISHED_ORION_STATES = frozenset({OrionState.COMPLETED, OrionState.FAILED,
+                                   OrionState.PARTIALLY_FAILED, OrionState.CANCELLED})
 
 
 def diff_orions(live: TaskOrion, planner: TaskOrion

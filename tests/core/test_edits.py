@@ -240,6 +240,19 @@ def test_rollback_restores_task_order_after_removing_a_middle_star() -> None:
     assert [t.task_id for t in orion.mark_task_completed("p1", True)] == ["p2"]
 
 
+def test_rollback_restores_updated_at_too() -> None:
+    """A refused batch leaves no trace: a client comparing snapshots (or updated_at) must
+    not see a change that never happened."""
+    orion = build_orion()
+    before = orion.to_dict()
+    with pytest.raises(EditRejectedError):
+        apply_edits(orion, [UpdateTask("p2", {"description": "x"}), AddTask(TaskStar("n")),
+                            AddDependency(line("n", "p3")), RemoveDependency("p1->p2"),
+                            UpdateDependency("p4->p5", {"condition": "result.x > 2"}),
+                            RemoveTask("run")])
+    assert orion.to_dict() == before
+
+
 def test_rollback_does_not_re_evaluate_condition_callables() -> None:
     orion = build_orion()
     calls: list[object] = []
