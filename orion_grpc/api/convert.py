@@ -52,7 +52,7 @@ from ..core import (
 from ..core.conditions import ConditionError, compile_condition
 from ..core.edits import LINE_FIELDS, TASK_FIELDS
 from ..core.enums import TERMINAL_STATUSES, parse_enum
-from ..core.spec import check_task_fields, orion_from_spec, validate_spec
+from ..core.spec import check_id, check_task_fields, orion_from_spec, validate_spec
 from ..gen.orion.v1 import device_pb2, edit_pb2, orion_pb2, task_star_pb2
 
 MAX_SAFE_INT = 2**53
@@ -880,6 +880,7 @@ def edit_ops_from_pb(ops: Iterable[edit_pb2.EditOperation], problems: Problems,
         elif kind == "add_dependency":
             dep = op.add_dependency.dependency
             spec = line_spec_from_pb(dep, f"{where}.dependency", problems)
+            check_id(spec.get("line_id"), f"{where}.dependency.line_id", problems.items)
             for key in ("from_task_id", "to_task_id"):
                 if not spec[key]:
                     problems.add(f"{where}.dependency.{key}", "must be a non-empty string",

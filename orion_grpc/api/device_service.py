@@ -44,12 +44,14 @@ from ..core.device_manager import (
 )
 from ..core.engine import OrionEngine
 from ..core.events import EventType, TaskEvent
+from ..core.spec import id_problem
 from ..core.task_star import TaskStar
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
 from . import wire
 from .convert import dict_to_struct, struct_to_dict, task_to_pb, value_from_pb
+from .limits import json_problems
 
 logger = logging.getLogger(__name__)
 
@@ -484,8 +486,11 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
                                 f"'hello', got '{kind or 'empty message'}'")
         hello: pb.DeviceHello = first.hello
         problems = []
+        problem = id_problem(hello.device_id.strip())
         if not hello.device_id.strip():
             problems.append("hello.device_id must be a non-empty string")
+        elif problem is not None:
+            problems.append(f"hello.device_id {problem}")
         if hello.capacity < 0:
             problems.append(f"hello.capacity must be >= 0 (0 means 1), got {hello.capacity}")
         if problems:
@@ -706,7 +711,7 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         data: dict[str, Any] = {
             "orion_id": lease.orion_id, "device_id": lease.device_id, "lease_id": lease.lease_id,
             "attempt": lease.attempt, "progress": progress, "message": msg.message,
-            "details": struct_to_dict(msg.data),
+            "details": {} if json_problems(msg.data) else struct_to_dict(msg.data),
         }
         if lease.orion_id:
             orion = self.engine.orchestrator.get_running_orion(lease.orion_id)
@@ -740,10 +745,15 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
             return False, FENCE_NOT_HOLDER
         if msg.task_id and msg.task_id != lease.task_id:
             return False, FENCE_TASK_MISMATCH
-        result = value_from_pb(msg.result) if msg.HasField("result") else None
-        ok = dm.complete_lease(device_id, msg.lease_id, msg.success, result,
-                               None if msg.success else (msg.error or "task failed"),
-                               None if msg.success else REASON_TASK_ERROR)
+        success, error = msg.success, msg.error or "task failed"
+        bad = json_problems(msg.result, "result") if msg.HasField("result") else []
+        if bad:  # NaN or too deep: it could not travel on in events and replies
+            success, error = False, (f"device {device_id} returned a result that is not valid "
+                                     f"JSON: {bad[0].field}: {bad[0].description}")
+        result = value_from_pb(msg.result) if msg.HasField("result") and not bad else None
+        ok = dm.complete_lease(device_id, msg.lease_id, success, result,
+                               None if success else error,
+                               None if success else REASON_TASK_ERROR)
         return (True, "") if ok else (False, FENCE_UNKNOWN_LEASE)
 
     def _on_drain(self, session: _Session, msg: pb.DeviceDrain) -> None:

@@ -43,6 +43,7 @@ class ManagerServicer(pb_grpc.ManagerServiceServicer):
             return self.state.require_orion(request.orion_id), True
         if kind == "orion":
             problems.raise_if_any()
+            self.state.limits.check_orion(request.orion)
             return orion_from_pb(request.orion), False
         problems.add("target", "set orion_id (a registered orion) or orion (an inline one)",
                      "MISSING_FIELD")
@@ -123,6 +124,7 @@ class ManagerServicer(pb_grpc.ManagerServiceServicer):
     async def RegisterOrion(self, request: pb.RegisterOrionRequest,
                             context: grpc.aio.ServicerContext) -> pb.RegisterOrionResponse:
         async def register() -> pb.RegisterOrionResponse:
+            self.state.limits.check_orion(request.orion)
             orion = orion_from_pb(request.orion)
             if self.state.runs.exists(orion.orion_id):
                 raise AlreadyExistsError(f"Orion {orion.orion_id} already exists",

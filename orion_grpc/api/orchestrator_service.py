@@ -37,6 +37,7 @@ async def submit_orion(state: ApiState, request: Any) -> TaskOrion:
     strategy = strategy_from_pb(request.assignment_strategy, "assignment_strategy", problems)
     if not request.HasField("orion"):
         problems.add("orion", "the orion to run is required", "MISSING_FIELD")
+    state.limits.check_orion(request.orion)
     spec = orion_spec_from_pb(request.orion, "orion", problems)
     problems.extend(validate_spec(spec), "orion")
     problems.raise_if_any("Invalid orion", "INVALID_ORION")
@@ -106,6 +107,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         state = self.state
 
         async def execute() -> pb.ExecuteSingleTaskResponse:
+            state.limits.check_task(request.task)
             task = task_from_pb(request.task)
             orchestrator = state.engine.orchestrator
             target = request.target_device_id or task.target_device_id

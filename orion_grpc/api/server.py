@@ -53,6 +53,8 @@ from ..observability.tracing import Tracing
 from ..store.sqlite import SYNC_MODES, open_store
 from .event_log import EventLog
 from .event_service import EventServicer
+from .guard import GuardInterceptor
+from .limits import Limits, StreamSlots
 from .manager_service import ManagerServicer
 from .orchestrator_service import OrchestratorServicer
 from .reflection import enable_reflection
@@ -129,6 +131,14 @@ class ServerConfig:
     reconnect_grace: float = _opt(
         "seconds a device's running stars stay leased to it after a server restart, waiting "
         "for it to reconnect, before they are retried by the normal rules", default=60.0)
+    # Limits (docs/operations.md "Limits"); a request beyond one is refused, changing nothing.
+    max_stars: int = _opt("most stars one orion may have", default=10_000)
+    max_lines: int = _opt("most lines (dependencies) one orion may have", default=50_000)
+    max_task_data_bytes: int = _opt("largest task_data of one star (bytes on the wire)",
+                                    default=1 * MiB)
+    max_streams_per_client: int = _opt(
+        "most streams (WatchEvents, device Connect, reflection) one client may hold open; a "
+        "client is its credential, else its IP address", default=100)
     fake_devices: int = _opt("FOR DEMOS AND TESTS ONLY: attach this many in-process simulated "
                              "devices (linux/windows/android)", default=0)
     fake_latency: float = _opt("seconds each simulated device takes per star", default=0.2)
@@ -193,6 +203,9 @@ class ServerConfig:
             problems.append(f"log_format {self.log_format!r} is not auto, json or text")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
+        for name in ("max_stars", "max_lines", "max_task_data_bytes", "max_streams_per_client"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
         if self.fake_devices < 0:
             problems.append("fake_devices must not be negative")
         if self.store_sync not in SYNC_MODES:
@@ -245,6 +258,11 @@ class ServerConfig:
         return cls(**{name: getattr(self, name) for name in ("heartbeat_interval", "lease_ttl")
                       if name in names})
 
+    def limits(self) -> Limits:
+        return Limits(max_stars=self.max_stars, max_lines=self.max_lines,
+                      max_task_data_bytes=self.max_task_data_bytes,
+                      max_streams_per_client=self.max_streams_per_client)
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(max_concurrent_tasks=self.max_concurrent_tasks or None,
                             retry_backoff_base=self.retry_backoff_base,
@@ -281,6 +299,7 @@ class OrionServer:
         self._owns_metrics = False
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.interceptors: list[grpc.aio.ServerInterceptor] = []
+        self.stream_slots: StreamSlots | None = None
         self._engine = engine
         self._server: grpc.aio.Server | None = None
         self._state: ApiState | None = None
@@ -333,8 +352,9 @@ class OrionServer:
             journal.commit_timer = lambda seconds, m=self.metrics: m.observe_store("commit",
                                                                                    seconds)
         spans = None
+        self.interceptors = []  # tracing first (outermost), so refused calls are traced too
         if self.tracing is not None:
-            self.interceptors = [self.tracing.server_interceptor()]
+            self.interceptors.append(self.tracing.server_interceptor())
             spans = self.tracing.hooks()
         engine.orchestrator.set_tracer_hooks(chain_hooks(spans, metrics_hooks))
         event_logger = EventLogger(trace_id_of=spans.trace_id if spans is not None else None)
@@ -345,8 +365,9 @@ class OrionServer:
                           stored.meta.get("epoch") if stored else None, journal=journal,
                           history=stored.events if stored else ())
         events.attach(engine.bus)
+        limits = config.limits()
         self._state = state = ApiState(engine, events, IdempotencyCache(
-            journal=journal, records=stored.requests if stored else ()))
+            journal=journal, records=stored.requests if stored else ()), limits)
         for run in runs:
             state.runs.resume(run, config.reconnect_grace)
         if journal is not None:
@@ -355,7 +376,9 @@ class OrionServer:
                         journal.store.describe(), len(engine.manager._orions), len(runs),
                         events.latest_sequence + 1)
 
-        server = grpc.aio.server(interceptors=self.interceptors or None,
+        self.stream_slots = StreamSlots(limits.max_streams_per_client)
+        self.interceptors.append(GuardInterceptor(self.stream_slots))
+        server = grpc.aio.server(interceptors=self.interceptors,
                                  options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(state), server)

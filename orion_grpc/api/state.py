@@ -22,6 +22,7 @@ from ..core.recovery import RecoveredRun
 from .convert import result_from_orion
 from .errors import ApiError
 from .event_log import EventLog
+from .limits import Limits
 from .support import IdempotencyCache
 
 logger = logging.getLogger(__name__)
@@ -137,11 +138,13 @@ class ApiState:
     """Everything the servicers share (one per server)."""
 
     def __init__(self, engine: OrionEngine, events: EventLog,
-                 idempotency: IdempotencyCache | None = None) -> None:
+                 idempotency: IdempotencyCache | None = None, limits: Limits | None = None
+                 ) -> None:
         self.engine = engine
         self.events = events
         # not "or": an empty cache is falsy (it has a __len__)
         self.idempotency = idempotency if idempotency is not None else IdempotencyCache()
+        self.limits = limits or Limits()
         self.runs = RunRegistry(engine)
         self._versions: dict[str, int] = {}
         journal = engine.journal

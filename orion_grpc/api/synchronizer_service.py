@@ -61,9 +61,15 @@ class SynchronizerServicer(pb_grpc.SynchronizerServiceServicer):
         async def edit() -> pb.EditOrionResponse:
             state = self.state
             orion = state.require_orion(request.orion_id)
+            for i, op in enumerate(request.operations):
+                kind = op.WhichOneof("operation")
+                if kind in ("add_task", "update_task"):
+                    state.limits.check_task(getattr(op, kind).task,
+                                            f"operations[{i}].{kind}.task")
             problems = Problems()
             ops = edit_ops_from_pb(request.operations, problems)
             problems.raise_if_any("Invalid edit", "INVALID_EDIT")
+            state.limits.check_growth(orion, ops)
             if request.HasField("expected_version"):
                 self._check_version(orion.orion_id, request.expected_version)
             tasks, lines = created_ids(ops)
@@ -71,6 +77,7 @@ class SynchronizerServicer(pb_grpc.SynchronizerServiceServicer):
             response.created_task_ids.extend(tasks)
             response.created_line_ids.extend(lines)
             if request.validate_only:
+                self.sync.require_editable(orion)
                 apply_edits(TaskOrion.from_dict(orion.to_dict()), ops)  # raises like the real one
                 orion_to_pb(orion, state.version(orion.orion_id), response.orion)
                 return response
@@ -99,6 +106,7 @@ class SynchronizerServicer(pb_grpc.SynchronizerServiceServicer):
                     [Violation("orion.orion_id", "must equal orion_id (or be empty)",
                                "ORION_ID_MISMATCH")])
             live = state.require_orion(orion_id)
+            state.limits.check_orion(request.orion)
             copy = type(request.orion)()
             copy.CopyFrom(request.orion)
             copy.orion_id = orion_id

@@ -1,0 +1,164 @@
+"""The server's gate: one interceptor that every call passes before its handler runs.
+
+In order, for each call it
+
+1. reads the request leniently: bytes that are not a valid message (a string that is not
+   UTF-8, messages nested beyond protobuf's depth limit) end the call with INVALID_ARGUMENT,
+   reason ``MALFORMED_REQUEST``, instead of grpc's bare ``UNKNOWN`` "Exception
+   deserializing request";
+2. checks the JSON values the request carries (``limits.json_problems``: INVALID_ARGUMENT,
+   reason ``INVALID_JSON``, one violation each);
+3. holds a stream slot for streaming calls (``limits.StreamSlots``; RESOURCE_EXHAUSTED,
+   ``TOO_MANY_STREAMS``) until the stream ends.
+
+Requests of client-streaming calls (DeviceService.Connect) are read by their handler, message
+by message; they keep grpc's own decoding. Errors carry ErrorInfo like every other status
+(``errors.build_status``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from .errors import ApiError, abort, abort_with, build_status
+from .limits import StreamSlots, json_problems
+
+_BUILDERS = (("unary_unary", grpc.unary_unary_rpc_method_handler),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler))
+
+
+class Undecodable:
+    """What the lenient deserializer hands on instead of a request it could not parse."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def status(self) -> Any:
+        text = str(self.error)
+        if "UTF-8" in text:
+            problem, hint = "a string field holds bytes that are not UTF-8", \
+                "protobuf strings must be valid UTF-8; send binary data base64-encoded"
+        elif "MaxDepth" in text or "recursion" in text.lower():
+            problem, hint = "messages are nested too deeply", \
+                "protobuf parsers stop at 100 nested messages; keep JSON values shallow"
+        else:
+            problem, hint = "the bytes do not parse", \
+                "check that client and server use the same orion.v1 protos"
+        return build_status(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid {self.type_name}: {problem} ({hint})",
+                            "MALFORMED_REQUEST", metadata={"message_type": self.type_name})
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, RecursionError, ...: the caller's bytes
+            return Undecodable(type_name, exc)
+    return decode
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a grpc peer string (``ipv4:10.0.0.7:53412`` -> ``10.0.0.7``)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return peer or "unknown"
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """See the module docstring. ``client_of(context)`` names the client a stream slot is
+    counted for (default: the peer's address)."""
+
+    def __init__(self, slots: StreamSlots,
+                 client_of: Callable[[grpc.aio.ServicerContext], str] | None = None) -> None:
+        self.slots = slots
+        self.client_of = client_of or (lambda context: peer_host(context.peer() or ""))
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # type: ignore[return-value]  # unknown method: UNIMPLEMENTED
+        for kind, build in _BUILDERS:
+            behavior = getattr(handler, kind)
+            if behavior is None:
+                continue
+            unary_request = kind.startswith("unary")
+            wrapped = self._wrap(behavior, unary_request, kind.endswith("stream"))
+            if wrapped is None:
+                return handler  # a synchronous handler: left alone
+            deserializer = handler.request_deserializer
+            return build(wrapped,
+                         request_deserializer=_lenient(deserializer) if unary_request
+                         else deserializer,
+                         response_serializer=handler.response_serializer)
+        return handler
+
+    async def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, Undecodable):
+            await abort_with(context, request.status())
+        if isinstance(request, Message):
+            problems = json_problems(request)
+            if problems:
+                await abort_with(context, build_status(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request carries {len(problems)} JSON value(s) that are not valid: "
+                    + "; ".join(f"{v.field}: {v.description}" for v in problems[:5]),
+                    "INVALID_JSON", problems))
+
+    async def _take_slot(self, context: grpc.aio.ServicerContext) -> str:
+        client = self.client_of(context)
+        try:
+            self.slots.acquire(client)
+        except ApiError as exc:
+            await abort(context, exc)
+        return client
+
+    def _wrap(self, behavior: Callable[..., Any], unary_request: bool, streaming: bool
+              ) -> Callable[..., Any] | None:
+        slots, admit, take_slot = self.slots, self._admit, self._take_slot
+
+        if inspect.isasyncgenfunction(behavior):
+            async def stream(request: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+                if unary_request:
+                    await admit(request, context)
+                client = await take_slot(context)
+                responses = behavior(request, context)
+                try:
+                    async for response in responses:
+                        yield response
+                finally:
+                    slots.release(client)
+                    await responses.aclose()  # closed early by grpc: close the handler too
+            return stream
+
+        if inspect.iscoroutinefunction(behavior):
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if unary_request:
+                    await admit(request, context)
+                if not streaming:
+                    return await behavior(request, context)
+                client = await take_slot(context)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    slots.release(client)
+            return call
+        return None
