@@ -106,7 +106,9 @@ async def test_gauges_show_what_runs_and_who_watches_now(make_server: MakeServer
     orion.add_task(TaskStar("slow", description="hangs", target_device_id="d1"))
     waiter = EventWaiter(server)
     async with OrionClient(server.target, timeout=WAIT) as client:
-        watch = client.watch_events("gauges-1")
+        # with history: the first event arrives even if the submit's events are published
+        # before the server has subscribed this stream (bookmarks are not yielded)
+        watch = client.watch_events("gauges-1", include_history=True)
         first = asyncio.ensure_future(anext(watch))
         await client.submit_orion(orion)
         await waiter.wait(EventType.TASK_STARTED, "slow")
