@@ -432,9 +432,9 @@ class OrionServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self._engine is not None:
-            # What the shutdown does (devices told goodbye, runs stopped) is not persisted:
-            # with a store, a restart resumes every orion where it was.
-            self._engine.seal_store()
+            # With a store, runs stop where they are and nothing the shutdown does (devices
+            # told goodbye, their leases failing) is persisted: a restart resumes every orion.
+            self._engine.suspend()
         if self._state is not None:
             self._state.events.close("server shutting down")
         # Devices get goodbye. Their running work is cancelled first unless a restart will

@@ -18,6 +18,7 @@ from ..core import (
     TaskOrion,
     Violation,
 )
+from ..core.orchestrator import RunSuspendedError
 from ..core.recovery import RecoveredRun
 from .convert import result_from_orion
 from .errors import ApiError
@@ -94,7 +95,8 @@ class RunRegistry:
         await self.engine.orchestrator.prepare_orion(orion, explicit or None, None)
 
     def _done(self, orion_id: str, task: asyncio.Task[dict[str, Any]]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None \
+                and not isinstance(task.exception(), RunSuspendedError):
             logger.error("orion %s ended with an internal error", orion_id,
                          exc_info=task.exception())
         self._finished.append(orion_id)

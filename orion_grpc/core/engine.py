@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from .device_manager import OrionDeviceManager
@@ -50,14 +51,21 @@ class OrionEngine:
         self.synchronizer = OrionModificationSynchronizer(self.orchestrator)
         self.synchronizer.set_modification_timeout(self.config.modification_timeout)
 
-    def seal_store(self) -> None:
-        """Persist nothing from now on (graceful shutdown): see ``Journal.seal``."""
-        if self.journal is not None:
-            self.journal.seal()
-            self.devices.journal = self.manager.journal = None
+    def suspend(self) -> list[asyncio.Event]:
+        """First step of a graceful shutdown with a store: persist nothing from now on
+        (``Journal.seal``) and stop every run where it is, cancelling nothing — devices keep
+        working, and a restart on the store resumes every orion. Returns the runs' ``finished``
+        events. Without a store, nothing (``close`` cancels the runs)."""
+        if self.journal is None:
+            return []
+        self.journal.seal()
+        self.devices.journal = self.manager.journal = None
+        return self.orchestrator.suspend_runs()
 
     async def close(self) -> None:
-        self.seal_store()  # stopping the runs below must not look like cancelling them
+        if self.journal is not None:
+            for finished in self.suspend():
+                await finished.wait()
         for orion_id in list(self.orchestrator._runs):
             await self.orchestrator.cancel_orion(orion_id)
         await self.devices.shutdown()

@@ -48,6 +48,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class RunSuspendedError(UnavailableError):
+    """A run was suspended by a shutdown of its engine (with a store): the orion was left as
+    it is, and continues when an engine restarts on the same store."""
+
+    def __init__(self, orion_id: str) -> None:
+        super().__init__(
+            f"the server is shutting down: orion {orion_id} was stopped where it is and "
+            "continues when the server starts again on the same store; wait for it then "
+            "(with the same request_id, a retry waits for the same run)", "RUN_SUSPENDED",
+            {"orion_id": orion_id})
+
+
 class TaskExecutionError(RuntimeError):
     """``execute_single_task`` failed on its device."""
 
@@ -245,11 +257,21 @@ class TaskOrionOrchestrator:
         try:
             return await run.execute()
         except asyncio.CancelledError:
-            run.cancel("orchestration task cancelled")
-            run._finish()  # publish ORION_CANCELLED; the caller gets no result to read
+            if not run.suspended:
+                run.cancel("orchestration task cancelled")
+                run._finish()  # publish ORION_CANCELLED; the caller gets no result to read
             raise
         finally:
             self._runs.pop(orion.orion_id, None)
+
+    def suspend_runs(self) -> list[asyncio.Event]:
+        """Stop every run where it is, without cancelling anything (a graceful shutdown of an
+        engine with a store: the orion, its leases and the work on devices stay as they are,
+        and a restart resumes them). Each run ends with ``RunSuspendedError``; returns their
+        ``finished`` events."""
+        for run in self._runs.values():
+            run.suspend()
+        return [run.finished for run in self._runs.values()]
 
     async def cancel_orion(self, orion_id: str, reason: str | None = None) -> bool:
         """Cancel a running orion: pending stars cancelled, running ones told to stop.
@@ -346,6 +368,7 @@ class _Run:
         self.orch = orch
         self.resume_grace = resume_grace
         self.resumed = False  # continues a run restored from a store (see _resume)
+        self.suspended = False  # stopped by a shutdown, left as it is (see suspend)
         self.synchronize = synchronize
         self.orion = orion
         self.dm = orch._require_device_manager()
@@ -419,20 +442,36 @@ class _Run:
         except asyncio.CancelledError:
             # The awaiting task was cancelled: cancel the orion (below) like cancel_orion does,
             # or its leases keep running and its stars stay RUNNING / PENDING forever.
-            self.cancel("orchestration task cancelled")
+            if not self.suspended:
+                self.cancel("orchestration task cancelled")
             raise
         finally:
             dm.remove_capacity_listener(self._on_capacity)
             orion.remove_change_listener(wake)
             for handle in [*self.backoff.values(), *self.grace_timers.values()]:
                 handle.cancel()
-            if self.cancelled:
+            if self.cancelled and not self.suspended:
                 self._cancel_everything()
-            orion.complete_execution()
+            if not self.suspended:
+                orion.complete_execution()
             if hooks is not None:
                 self._call_hook(hooks.on_orion_end, orion, orion.state)
             self.finished.set()
+        if self.suspended:
+            raise RunSuspendedError(orion.orion_id)
         return self._finish()
+
+    def suspend(self) -> None:
+        """Stop scheduling and leave everything as it is: no cancel reaches a device, outcomes
+        arriving from now on are ignored, the orion keeps its state (see suspend_runs)."""
+        self.suspended = True
+        self.leases.clear()  # _on_lease_done ignores leases it does not hold
+        if not self.cancelled:
+            self.cancelled = True  # ends the loop ...
+            self.wake.set()  # ... at its next turn
+            sync = self.orch._synchronizer
+            if sync is not None and sync.tracks(self.orion.orion_id):
+                sync.clear_pending_modifications()  # the loop may be waiting for the planner
 
     def _resume(self) -> None:
         """Continue a run restored from a store: adopt its restored leases, and let stars wait

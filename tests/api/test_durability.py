@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_support import fleet
+from api_support import EventWaiter, fleet
 
 from orion_grpc.client.client import domain_error, orion_pb
-from orion_grpc.core import OrionError, TaskOrion, TaskStar, TaskStarLine, UpdateTask
+from orion_grpc.core import EventType, OrionError, TaskOrion, TaskStar, TaskStarLine, UpdateTask
 from orion_grpc.gen.orion.v1 import event_pb2, orchestrator_service_pb2
 from orion_grpc.gen.orion.v1 import orchestrator_service_pb2_grpc as orch_grpc
 
@@ -126,3 +126,35 @@ async def test_answers_wait_for_the_commit_and_a_broken_store_stops_them(make_se
             await client.submit_orion(pipeline("lost"))
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
     assert info.value.reason == "STORE_UNAVAILABLE" and "disk full" in info.value.message
+
+
+async def test_a_graceful_stop_suspends_runs_instead_of_cancelling_them(
+        make_server, tmp_path: Path) -> None:
+    from orion_grpc.client import OrionClient
+
+    store = str(tmp_path / "orion.db")
+    first = await make_server(store=store)
+    [device] = await fleet(first, "d1", hang_task_ids={"test"})
+    waiter = EventWaiter(first)
+    async with OrionClient(first.target, timeout=10, run_timeout=20) as client:
+        held = pipeline("held")  # retried below as the same request
+        run = asyncio.create_task(client.orchestrate_orion(held, request_id="held-1"))
+        await waiter.wait(EventType.TASK_STARTED, task_id="test")
+        await first.stop()
+        with pytest.raises(OrionError) as info:
+            await run
+    # The caller learns the run is suspended, not cancelled; the device was told nothing.
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert info.value.reason == "RUN_SUSPENDED" and "starts again" in info.value.message
+    assert device.cancelled == []
+
+    second = await make_server(store=store, reconnect_grace=5.0)
+    async with OrionClient(second.target, timeout=10, run_timeout=20) as client:
+        back = await client.get_orion("held")
+        assert back is not None and back.state.value == "executing"
+        assert back.get_task("test").status.value == "running"  # still leased to d1
+        lease = next(iter(second.engine.devices.leases_of("held").values()))
+        await fleet(second, "d1")
+        assert second.engine.devices.complete_lease("d1", lease.lease_id, True, {"late": 1})
+        result = await client.orchestrate_orion(held, request_id="held-1")
+    assert result["status"] == "completed" and result["results"]["test"] == {"late": 1}
