@@ -1,11 +1,13 @@
 """Journal: the engine's changes, group-committed to a ``Store`` by a writer thread.
 
 Hooks in the model (a star's status change, an orion's start or end, a lease, an event) only
-note WHAT changed — a dict assignment — and return; no I/O on the scheduler's path. At the
-end of the loop step (``call_soon``) the notes are turned into records, as one ``Batch``, and
-handed to the writer thread. The writer commits EVERY batch queued since its last commit in
-one transaction (group commit: one fsync for many changes, however fast they come), then
-tells the loop which batch is now durable.
+note WHAT changed — a dict assignment — and return; no I/O on the scheduler's path. Between
+two loop steps the notes are turned into records, as one ``Batch``, and handed to the writer
+thread: at the end of the current step when someone waits for durability (an RPC answer, a
+device's result ack), else after at most ``linger`` seconds — a batch then holds several
+steps, which saves commits (and thread wake-ups) when nothing needs to be acknowledged. The
+writer commits EVERY batch queued since its last commit in one transaction (group commit: one
+fsync for many changes, however fast they come), then tells the loop which batch is durable.
 
 Two guarantees follow:
 
@@ -111,8 +113,11 @@ class JournalStats:
 class Journal:
     """Notes changes on the event loop; a writer thread group-commits them to ``store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, linger: float = 0.005) -> None:
+        """:param linger: the longest a change waits for its hand-off when nobody waits for
+        it to be durable (0: a batch per loop step)."""
         self.store = store
+        self.linger = linger
         self.stats = JournalStats()
         self.failure: BaseException | None = None
         self.sealed = False  # shutting down: nothing more is noted (see seal)
@@ -123,7 +128,8 @@ class Journal:
         self._rows: dict[str, TaskOrion] = {}
         self._stars: dict[TaskStar, TaskOrion] = {}
         self._batch = Batch()
-        self._scheduled = False
+        self._scheduled = False  # a hand-off is due (timer or call_soon)
+        self._timer: asyncio.TimerHandle | None = None  # the lingering hand-off, if any
         # Writer hand-off.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cond = threading.Condition()
@@ -210,7 +216,11 @@ class Journal:
             self._schedule()
 
     def lease_ended(self, lease_id: str) -> None:
-        self._batch.leases[lease_id] = None
+        leases = self._batch.leases
+        if leases.get(lease_id) is not None:
+            del leases[lease_id]  # started in this same batch: the store never sees it
+        else:
+            leases[lease_id] = None
         if not self._scheduled:
             self._schedule()
 
@@ -247,11 +257,28 @@ class Journal:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
-        loop.call_soon(self._handoff)
+        if self.linger > 0:
+            self._timer = loop.call_later(self.linger, self._handoff)
+        else:  # a batch per loop step
+            loop.call_soon(self._handoff)
+
+    def _hurry(self) -> None:
+        """Someone waits for durability: hand off at the end of this loop step."""
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+            assert self._loop is not None
+            self._loop.call_soon(self._handoff)
 
     def _handoff(self) -> None:
-        """End of a loop step: turn the notes into one batch and give it to the writer."""
+        """Between loop steps: turn the notes into one batch and give it to the writer."""
+        if not self._scheduled:
+            return  # already handed off (seal / close) before this callback ran
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self._batch = self._batch, Batch()
         full, self._full = self._full, {}
         rows, self._rows = self._rows, {}
@@ -375,6 +402,7 @@ class Journal:
             callback()
         elif self.failure is None and not self.sealed:
             self._waiters.append((target, callback))
+            self._hurry()
 
     async def barrier(self) -> None:
         """Return once everything noted so far is durable (raises if the store broke, or
@@ -389,6 +417,7 @@ class Journal:
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((target, fut))
+        self._hurry()
         await fut
 
     def seal(self) -> None:

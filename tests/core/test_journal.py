@@ -76,7 +76,7 @@ async def test_status_changes_after_the_first_save_write_only_the_small_state():
 
 async def test_batches_queued_while_a_commit_runs_share_the_next_commit():
     store = SlowStore()
-    journal = Journal(store)
+    journal = Journal(store, linger=0)  # one batch per loop step
     journal.set_meta("k0", "v")
     first = asyncio.ensure_future(journal.barrier())
     assert await asyncio.to_thread(store.entered.wait, 5)  # the writer is stuck in write()
@@ -152,4 +152,21 @@ async def test_deleting_an_orion_removes_it_and_its_stars():
     stored = store.load(0)
     assert stored.orions == {} and stored.stars == {}
     assert orion._journal is None
+    await journal.close()
+
+
+async def test_steps_nobody_waits_for_linger_into_one_batch_and_a_waiter_hurries_them():
+    store = MemoryStore()
+    journal = Journal(store, linger=60.0)  # never, in this test: only a waiter hands off
+    for i in range(5):
+        journal.set_meta(f"k{i}", "v")
+        await asyncio.sleep(0)  # five loop steps
+    assert journal.stats.batches == 0 and store.writes == 0
+    await asyncio.wait_for(journal.barrier(), 5)
+    assert (journal.stats.batches, store.writes) == (1, 1)
+    assert set(store.load(0).meta) == {f"k{i}" for i in range(5)}
+    journal.set_meta("late", "v")
+    acked = asyncio.get_running_loop().create_future()
+    journal.call_when_durable(lambda: acked.set_result(True))  # hurries too
+    assert await asyncio.wait_for(acked, 5)
     await journal.close()

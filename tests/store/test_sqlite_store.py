@@ -123,7 +123,7 @@ async def test_an_engine_round_trips_through_sqlite(tmp_path: Path) -> None:
 
 async def test_the_journal_group_commits_into_sqlite(tmp_path: Path) -> None:
     """Many loop steps while a commit is in flight share the next transaction."""
-    journal = Journal(open_store(str(tmp_path / "g.db")))
+    journal = Journal(open_store(str(tmp_path / "g.db")), linger=0)  # a batch per step
     steps = 2000
     for k in range(1, steps + 1):
         journal.event(k, b"x" * 100)
