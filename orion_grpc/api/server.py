@@ -458,7 +458,7 @@ class OrionServer:
     def _resumable(self) -> bool:
         """Will a restarted server resume this one's orions (a store outliving the process)?"""
         journal = self._engine.journal if self._engine is not None else None
-        return journal is not None and journal.store.describe() != ":memory:"
+        return journal is not None and journal.store.durable
 
     async def _call_device_service(self, name: str, **kwargs: Any) -> None:
         method = getattr(self.device_service, name, None)

@@ -55,8 +55,9 @@ class OrionEngine:
         """First step of a graceful shutdown with a store: persist nothing from now on
         (``Journal.seal``) and stop every run where it is, cancelling nothing — devices keep
         working, and a restart on the store resumes every orion. Returns the runs' ``finished``
-        events. Without a store, nothing (``close`` cancels the runs)."""
-        if self.journal is None:
+        events. Without a store, or with one that dies with the process (SQLite ``:memory:``),
+        nothing: there is no restart to resume from, and ``close`` cancels the runs."""
+        if self.journal is None or not self.journal.store.durable:
             return []
         self.journal.seal()
         self.devices.journal = self.manager.journal = None

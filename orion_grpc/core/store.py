@@ -56,7 +56,13 @@ class StoredState:
 
 
 class Store(Protocol):
-    """A storage engine. ``write`` is called from the journal's writer thread only."""
+    """A storage engine. ``write`` is called from the journal's writer thread only.
+
+    ``durable``: what it holds outlives the process (a file), so a graceful shutdown leaves
+    runs to be resumed rather than cancelling them (``OrionEngine.suspend``).
+    """
+
+    durable: bool
 
     def load(self, event_limit: int) -> StoredState:
         """Everything stored (only the newest ``event_limit`` events)."""
@@ -85,6 +91,8 @@ class MemoryStore:
     Behaves like a real engine (atomic multi-batch writes, ordering), so recovery can be
     tested without files; ``fail_writes`` makes the next writes raise (a broken disk).
     """
+
+    durable = True  # outlives the engine (not the process): tests restart engines on it
 
     def __init__(self) -> None:
         self.state = StoredState()

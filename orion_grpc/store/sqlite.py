@@ -67,6 +67,7 @@ class SQLiteStore:
                              f"got {sync!r}")
         self.path = path
         self.sync = sync
+        self.durable = path != ":memory:"  # a file outlives the process; :memory: does not
         self._lock = threading.Lock()
         try:
             if path != ":memory:":
