@@ -27,13 +27,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from itertools import islice
 
 import grpc
 
 from ..core import DeviceEvent, Event, EventBus, IEventObserver, Violation
 from ..core.journal import Journal
-from ..gen.orion.v1 import event_pb2, orion_pb2
+from ..gen.orion.v1 import event_pb2, event_service_pb2
+from . import wire
 from .convert import set_timestamp
 from .convert_events import event_to_pb
 from .errors import ApiError
@@ -41,23 +42,75 @@ from .errors import ApiError
 TOKEN_VERSION = "v1"
 
 
-@dataclass(slots=True)
+# Field numbers used to frame encoded events by hand (see wire.py): WatchEventsResponse.event /
+# .events, Event.orion, OrionEventPayload.snapshot.
+_RESPONSE_EVENT = event_service_pb2.WatchEventsResponse.DESCRIPTOR.fields_by_name["event"].number
+_RESPONSE_EVENTS = \
+    event_service_pb2.WatchEventsResponse.DESCRIPTOR.fields_by_name["events"].number
+_EVENT_ORION = event_pb2.Event.DESCRIPTOR.fields_by_name["orion"].number
+_ORION_SNAPSHOT = event_pb2.OrionEventPayload.DESCRIPTOR.fields_by_name["snapshot"].number
+
+
 class LogEntry:
-    sequence: int
-    event: event_pb2.Event  # without the orion snapshot
-    snapshot: orion_pb2.TaskOrion | None
+    """One logged event, encoded once (``data``: an ``orion.v1.Event`` without the orion
+    snapshot) and framed once for every watcher: all watchers send the same bytes."""
+
+    __slots__ = ("sequence", "data", "snapshot", "type", "orion_id", "task_id", "device_id",
+                 "_framed")
+
+    def __init__(self, sequence: int, data: bytes, snapshot: bytes | None, event_type: int,
+                 orion_id: str, task_id: str, device_id: str) -> None:
+        self.sequence = sequence
+        self.data = data
+        self.snapshot = snapshot  # encoded TaskOrion, for watchers that asked for snapshots
+        self.type = event_type  # what watch filters look at, without decoding
+        self.orion_id = orion_id
+        self.task_id = task_id
+        self.device_id = device_id
+        self._framed: list[bytes | None] = [None, None]
+
+    @classmethod
+    def of(cls, sequence: int, event: event_pb2.Event, data: bytes | None = None,
+           snapshot: bytes | None = None) -> LogEntry:
+        return cls(sequence, data if data is not None else event.SerializeToString(), snapshot,
+                   event.type, event.orion_id, event.task_id, event.device_id)
+
+    @property
+    def event(self) -> event_pb2.Event:
+        """The event, decoded (without the orion snapshot)."""
+        return event_pb2.Event.FromString(self.data)
+
+    def framed(self, batched: bool, snapshot: bool = False) -> bytes:
+        """This event as an encoded ``WatchEventsResponse`` field: ``event`` (one event per
+        response) or one of ``events`` (batches: responses are such fields concatenated)."""
+        if snapshot and self.snapshot is not None:
+            # Two occurrences of a message field merge: the event, then its orion payload's
+            # snapshot.
+            extra = wire.field(_EVENT_ORION, wire.field(_ORION_SNAPSHOT, self.snapshot))
+            return wire.field(_RESPONSE_EVENTS if batched else _RESPONSE_EVENT,
+                              self.data + extra)
+        frame = self._framed[batched]
+        if frame is None:
+            frame = self._framed[batched] = wire.field(
+                _RESPONSE_EVENTS if batched else _RESPONSE_EVENT, self.data)
+        return frame
 
 
 class Subscription:
     """One watcher's position in the log."""
 
-    __slots__ = ("cursor", "max_lag", "overflow", "wake")
+    __slots__ = ("cursor", "max_lag", "wake", "_log")
 
-    def __init__(self, cursor: int, max_lag: int) -> None:
+    def __init__(self, log: EventLog, cursor: int, max_lag: int) -> None:
+        self._log = log
         self.cursor = cursor  # last sequence examined (delivered or filtered out)
         self.max_lag = max_lag
-        self.overflow = False
         self.wake = asyncio.Event()
+
+    @property
+    def overflow(self) -> bool:
+        """The watcher is more than ``max_lag`` events behind (it gets cut off)."""
+        return self._log.latest_sequence - self.cursor > self.max_lag
 
 
 class EventLog(IEventObserver):
@@ -78,7 +131,7 @@ class EventLog(IEventObserver):
         self.epoch = epoch or f"{int(time.time()):x}{os.urandom(3).hex()}"
         self._entries: deque[LogEntry] = deque(maxlen=None)
         for sequence, data in history:
-            self._entries.append(LogEntry(sequence, event_pb2.Event.FromString(data), None))
+            self._entries.append(LogEntry.of(sequence, event_pb2.Event.FromString(data), data))
         while len(self._entries) > retention:
             self._entries.popleft()
         self._next = self._entries[-1].sequence + 1 if self._entries else 1
@@ -88,6 +141,7 @@ class EventLog(IEventObserver):
         if journal is not None:
             journal.add_commit_listener(self._committed)
         self._subs: set[Subscription] = set()
+        self._sleeping: list[Subscription] = []  # watchers waiting for the next event
         self._device_status: dict[str, str] = {}
         self.closed_reason: str | None = None
         self.snapshot_watchers = 0  # watchers with include_orion_snapshots
@@ -112,7 +166,9 @@ class EventLog(IEventObserver):
         # watcher that asked for snapshots is connected.
         pb, snapshot = event_to_pb(event, seq, self.token(seq), previous,
                                    orion_snapshot=self.snapshot_watchers > 0)
-        entry = LogEntry(seq, pb, snapshot)
+        data = pb.SerializeToString()
+        entry = LogEntry.of(seq, pb, data,
+                            snapshot.SerializeToString() if snapshot is not None else None)
         self._entries.append(entry)
         journal = self._journal
         if len(self._entries) > self.retention:
@@ -120,24 +176,45 @@ class EventLog(IEventObserver):
             if journal is not None and seq % 1024 == 0:
                 journal.trim_events(self._entries[0].sequence)
         if journal is not None:
-            journal.event(seq, pb.SerializeToString())
+            journal.event(seq, data)
             batch = journal.pending_batch()
             pending = self._pending
             if pending and pending[-1][0] == batch:
                 pending[-1][1] = seq
             else:
                 pending.append([batch, seq])
-            for sub in self._subs:
-                if seq - sub.cursor > sub.max_lag:
-                    sub.overflow = True
-                    sub.wake.set()
-            return entry
+            return entry  # watchers wake when the batch is committed (_committed)
         self._durable = seq
-        for sub in self._subs:
-            if seq - sub.cursor > sub.max_lag:
-                sub.overflow = True
-            sub.wake.set()
+        self._wake_sleepers()
         return entry
+
+    def _wake_sleepers(self) -> None:
+        """Wake the watchers waiting for an event (the others will look anyway: O(waiting)
+        per event, not O(watchers))."""
+        sleeping = self._sleeping
+        if sleeping:
+            for sub in sleeping:
+                sub.wake.set()
+            sleeping.clear()
+
+    async def wait(self, sub: Subscription, timeout: float) -> bool:
+        """Wait until an event after ``sub.cursor`` may be read (or the log closes); False
+        after ``timeout`` seconds without one."""
+        sub.wake.clear()
+        if self._durable > sub.cursor or self.closed_reason is not None:
+            return True
+        self._sleeping.append(sub)
+        try:
+            await asyncio.wait_for(sub.wake.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if not sub.wake.is_set():
+                try:
+                    self._sleeping.remove(sub)
+                except ValueError:
+                    pass
 
     def _committed(self, batch: int) -> None:
         """The journal committed ``batch``: the events in it may now be sent."""
@@ -147,8 +224,7 @@ class EventLog(IEventObserver):
             durable = pending.popleft()[1]
         if durable != self._durable:
             self._durable = durable
-            for sub in self._subs:
-                sub.wake.set()
+            self._wake_sleepers()
 
     # ------------------------------------------------------------------ positions
     @property
@@ -210,9 +286,7 @@ class EventLog(IEventObserver):
 
     # ------------------------------------------------------------------ reading
     def subscribe(self, after: int, max_lag: int | None = None) -> Subscription:
-        sub = Subscription(after, min(max_lag or self.max_lag, self.retention))
-        if self.latest_sequence - after > sub.max_lag:
-            sub.overflow = True
+        sub = Subscription(self, after, min(max_lag or self.max_lag, self.retention))
         self._subs.add(sub)
         return sub
 
@@ -240,7 +314,15 @@ class EventLog(IEventObserver):
         if start < 0 or start >= len(entries):
             return []
         stop = min(len(entries), start + limit, self._durable + 1 - first)
-        return [entries[i] for i in range(start, stop)]  # deque indexing is cheap near the ends
+        if start >= stop:
+            return []
+        # Watchers read near the end: islice from the nearer end (deque indexing in the
+        # middle of a 50k ring is O(n) per item).
+        if start > len(entries) // 2:
+            tail = list(islice(reversed(entries), len(entries) - stop, len(entries) - start))
+            tail.reverse()
+            return tail
+        return list(islice(entries, start, stop))
 
     def bookmark(self, cursor: int) -> event_pb2.Event:
         event = event_pb2.Event(sequence=cursor, resume_token=self.token(cursor),
@@ -255,3 +337,4 @@ class EventLog(IEventObserver):
         self.closed_reason = reason
         for sub in self._subs:
             sub.wake.set()
+        self._sleeping.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +10,7 @@ from ..core import Violation
 from ..gen.orion.v1 import event_pb2
 from ..gen.orion.v1 import event_service_pb2 as pb
 from ..gen.orion.v1 import event_service_pb2_grpc as pb_grpc
+from . import wire
 from .convert import Problems
 from .errors import ApiError, rpc_errors
 from .event_log import EventLog, LogEntry
@@ -45,20 +45,23 @@ class _Filter:
         self.device_id = request.device_id
         self.snapshots = request.include_orion_snapshots
 
-    def matches(self, event: event_pb2.Event) -> bool:
-        if self.types and event.type not in self.types:
+    def matches(self, entry: LogEntry) -> bool:
+        if self.types and entry.type not in self.types:
             return False
-        if self.orion_id and event.orion_id != self.orion_id:
+        if self.orion_id and entry.orion_id != self.orion_id:
             return False
-        if self.task_ids and event.task_id not in self.task_ids:
+        if self.task_ids and entry.task_id not in self.task_ids:
             return False
-        return not self.device_id or event.device_id == self.device_id
+        return not self.device_id or entry.device_id == self.device_id
 
-    def response(self, entry: LogEntry) -> pb.WatchEventsResponse:
-        response = pb.WatchEventsResponse(event=entry.event)
-        if self.snapshots and entry.snapshot is not None:
-            response.event.orion.snapshot.CopyFrom(entry.snapshot)
-        return response
+    @property
+    def everything(self) -> bool:
+        return not (self.types or self.orion_id or self.task_ids or self.device_id)
+
+
+# A batched response is written once it holds this many bytes (a client's default receive limit
+# is 4 MiB; one larger event still goes alone).
+MAX_BATCH_BYTES = 1 << 20
 
 
 class EventServicer(pb_grpc.EventServiceServicer):
@@ -83,12 +86,13 @@ class EventServicer(pb_grpc.EventServiceServicer):
     @rpc_errors
     async def WatchEvents(self, request: pb.WatchEventsRequest,
                           context: grpc.aio.ServicerContext
-                          ) -> AsyncIterator[pb.WatchEventsResponse]:
+                          ) -> AsyncIterator[bytes | pb.WatchEventsResponse]:
         log = self.log
         wanted = _Filter(request)
         self._check_open()
         sub = log.subscribe(self._start_after(request))
         log.snapshot_watchers += wanted.snapshots
+        snapshots, batched = wanted.snapshots, request.allow_batches
         try:
             # Headers go out at once (not with the first event), so a client's
             # wait_for_connection() means "subscribed"; they carry the starting position.
@@ -105,16 +109,26 @@ class EventServicer(pb_grpc.EventServiceServicer):
                                                       "max_lag": str(sub.max_lag)})
                 entries = log.read(sub)
                 if entries:
-                    for entry in entries:
-                        if wanted.matches(entry.event):
-                            yield wanted.response(entry)
-                        sub.cursor = entry.sequence
+                    # Every watcher sends the same encoded bytes (LogEntry.framed): no
+                    # per-watcher protobuf work. With allow_batches, what is pending goes as
+                    # few responses; otherwise one response per event.
+                    cursor = entries[-1].sequence
+                    if not wanted.everything:
+                        entries = [e for e in entries if wanted.matches(e)]
+                    if not batched:
+                        for entry in entries:
+                            yield entry.framed(False, snapshots)
+                            sub.cursor = entry.sequence
+                    else:
+                        frames = [e.framed(True, snapshots) for e in entries]
+                        for chunk in _chunks(frames):
+                            yield chunk
+                    sub.cursor = cursor
                     continue
-                sub.wake.clear()
-                try:
-                    await asyncio.wait_for(sub.wake.wait(), self.bookmark_interval)
-                except TimeoutError:
-                    yield pb.WatchEventsResponse(event=log.bookmark(sub.cursor))
+                if not await log.wait(sub, self.bookmark_interval):
+                    mark = log.bookmark(sub.cursor)
+                    yield pb.WatchEventsResponse(events=[mark]) if batched else \
+                        pb.WatchEventsResponse(event=mark)
         finally:
             log.unsubscribe(sub)
             log.snapshot_watchers -= wanted.snapshots
@@ -127,3 +141,30 @@ class EventServicer(pb_grpc.EventServiceServicer):
         raise ApiError(grpc.StatusCode.UNAVAILABLE,
                        f"{log.closed_reason}, resume with token {token}", "SERVER_SHUTTING_DOWN",
                        metadata={"resume_token": token})
+
+
+def _chunks(frames: list[bytes]) -> list[bytes]:
+    """Encoded batched responses holding ``frames`` in order, each up to MAX_BATCH_BYTES."""
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if group and size + len(frame) > MAX_BATCH_BYTES:
+            out.append(b"".join(group))
+            group, size = [], 0
+        group.append(frame)
+        size += len(frame)
+    if group:
+        out.append(b"".join(group))
+    return out
+
+
+def add_event_service(server: grpc.aio.Server, servicer: EventServicer) -> None:
+    """As the generated add_EventServiceServicer_to_server, but WatchEvents may yield
+    pre-encoded responses (bytes, see wire.py): every watcher sends the same bytes."""
+    handlers = {"WatchEvents": grpc.unary_stream_rpc_method_handler(
+        servicer.WatchEvents, request_deserializer=pb.WatchEventsRequest.FromString,
+        response_serializer=wire.passthrough(pb.WatchEventsResponse.SerializeToString))}
+    name = pb.DESCRIPTOR.services_by_name["EventService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

@@ -37,7 +37,6 @@ from ..core import EngineConfig, FakeDevice, OrionEngine
 from ..core.recovery import restore
 from ..gen.orion.v1 import (
     event_service_pb2,
-    event_service_pb2_grpc,
     manager_service_pb2,
     manager_service_pb2_grpc,
     orchestrator_service_pb2,
@@ -52,7 +51,7 @@ from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
 from ..store.sqlite import SYNC_MODES, open_store
 from .event_log import EventLog
-from .event_service import EventServicer
+from .event_service import EventServicer, add_event_service
 from .guard import GuardInterceptor
 from .limits import Limits, StreamSlots
 from .manager_service import ManagerServicer
@@ -386,8 +385,7 @@ class OrionServer:
                                                                       server)
         synchronizer_service_pb2_grpc.add_SynchronizerServiceServicer_to_server(
             SynchronizerServicer(state), server)
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(events, config.bookmark_interval), server)
+        add_event_service(server, EventServicer(events, config.bookmark_interval))
         names = list(SERVICE_NAMES)
         if add_device_service is not None:
             self.device_service = add_device_service(server, engine, config.device_link_config())

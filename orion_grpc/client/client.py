@@ -347,17 +347,19 @@ class OrionClient:
         request = event_service_pb2.WatchEventsRequest(
             orion_id=orion_id or "", task_ids=list(task_ids or []), device_id=device_id or "",
             resume_token=resume_token or "", include_history=include_history,
-            include_orion_snapshots=include_orion_snapshots)
+            include_orion_snapshots=include_orion_snapshots, allow_batches=True)
         for t in types or []:
             request.types.append(event_pb2.EventType.Value(t) if isinstance(t, str) else t)
         call = self.events.WatchEvents(request)
         try:
             async for response in call:
-                event = response.event
-                self.last_resume_token = event.resume_token or self.last_resume_token
-                if event.type == event_pb2.EVENT_TYPE_BOOKMARK and not bookmarks:
-                    continue
-                yield event
+                # allow_batches: a watcher that fell behind gets what is pending in one
+                # response; events are still handed out one by one, in order.
+                for event in response.events or (response.event,):
+                    self.last_resume_token = event.resume_token or self.last_resume_token
+                    if event.type == event_pb2.EVENT_TYPE_BOOKMARK and not bookmarks:
+                        continue
+                    yield event
         except grpc.aio.AioRpcError as err:
             raise domain_error(err) from err
         finally:

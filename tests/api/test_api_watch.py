@@ -80,6 +80,42 @@ async def test_filters_and_history(server, client, channel):
     assert not replayed.orion.HasField("snapshot")  # nobody wanted one when it was logged
 
 
+async def test_a_watcher_allowing_batches_gets_what_is_pending_in_one_response(server,
+                                                                               channel):
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    burst(server, 50)
+    batched = stub.WatchEvents(event_service_pb2.WatchEventsRequest(include_history=True,
+                                                                    allow_batches=True))
+    first = await asyncio.wait_for(batched.read(), 5)
+    batched.cancel()
+    assert not first.HasField("event")
+    assert [e.sequence for e in first.events] == list(range(1, 51))  # in order, no gap
+    assert first.events[1].device.previous_status == first.events[0].device.status
+    single = stub.WatchEvents(event_service_pb2.WatchEventsRequest(include_history=True))
+    one = await asyncio.wait_for(single.read(), 5)
+    single.cancel()
+    assert one.event.sequence == 1 and not one.events  # the old form: one event each
+    assert one.event == first.events[0]  # the same bytes on the wire for everyone
+
+
+async def test_batched_snapshots_and_filters(server, client, channel):
+    await fleet(server, "d1")
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    live = stub.WatchEvents(event_service_pb2.WatchEventsRequest(
+        orion_id="snap", include_orion_snapshots=True, allow_batches=True,
+        types=[event_pb2.EVENT_TYPE_ORION_STARTED, event_pb2.EVENT_TYPE_ORION_COMPLETED]))
+    await live.wait_for_connection()
+    assert (await client.orchestrate_orion(chain("snap", "x", "y")))["status"] == "completed"
+    events = []
+    while len(events) < 2:
+        events += (await asyncio.wait_for(live.read(), 5)).events
+    live.cancel()
+    assert [e.type for e in events] == [event_pb2.EVENT_TYPE_ORION_STARTED,
+                                        event_pb2.EVENT_TYPE_ORION_COMPLETED]
+    assert [t.task_id for t in events[1].orion.snapshot.tasks] == ["x", "y"]
+    assert events[1].orion.result.results["y"].struct_value.fields["task"].string_value == "y"
+
+
 async def test_resume_returns_every_later_event_once(server, client):
     await fleet(server, "d1")
     await client.orchestrate_orion(chain("r1", "a", "b", "c"))

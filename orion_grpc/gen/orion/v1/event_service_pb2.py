@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from orion_grpc.gen.orion.v1 import event_pb2 as orion_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1corion/v1/event_service.proto\x12\x08orion.v1\x1a\x14orion/v1/event.proto\"\xbf\x01\n\x12WatchEventsRequest\x12\"\n\x05types\x18\x01 \x03(\x0e\x32\x13.orion.v1.EventType\x12\x10\n\x08orion_id\x18\x02 \x01(\t\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x14\n\x0cresume_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_history\x18\x06 \x01(\x08\x12\x1f\n\x17include_orion_snapshots\x18\x07 \x01(\x08\"5\n\x13WatchEventsResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.orion.v1.Event2\\\n\x0c\x45ventService\x12L\n\x0bWatchEvents\x12\x1c.orion.v1.WatchEventsRequest\x1a\x1d.orion.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1corion/v1/event_service.proto\x12\x08orion.v1\x1a\x14orion/v1/event.proto\"\xd6\x01\n\x12WatchEventsRequest\x12\"\n\x05types\x18\x01 \x03(\x0e\x32\x13.orion.v1.EventType\x12\x10\n\x08orion_id\x18\x02 \x01(\t\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x14\n\x0cresume_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_history\x18\x06 \x01(\x08\x12\x1f\n\x17include_orion_snapshots\x18\x07 \x01(\x08\x12\x15\n\rallow_batches\x18\x08 \x01(\x08\"V\n\x13WatchEventsResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.orion.v1.Event\x12\x1f\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0f.orion.v1.Event2\\\n\x0c\x45ventService\x12L\n\x0bWatchEvents\x12\x1c.orion.v1.WatchEventsRequest\x1a\x1d.orion.v1.WatchEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orion_grpc.gen.orion.v1.eve
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WATCHEVENTSREQUEST']._serialized_start=65
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=256
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=258
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=311
-  _globals['_EVENTSERVICE']._serialized_start=313
-  _globals['_EVENTSERVICE']._serialized_end=405
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=279
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=281
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=367
+  _globals['_EVENTSERVICE']._serialized_start=369
+  _globals['_EVENTSERVICE']._serialized_end=461
 # @@protoc_insertion_point(module_scope)

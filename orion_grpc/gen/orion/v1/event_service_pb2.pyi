@@ -34,6 +34,7 @@ class WatchEventsRequest(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
     INCLUDE_ORION_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    ALLOW_BATCHES_FIELD_NUMBER: _builtins.int
     orion_id: _builtins.str
     """Only events of this orion (empty = all orions and device events)."""
     device_id: _builtins.str
@@ -48,6 +49,12 @@ class WatchEventsRequest(_message.Message):
     """
     include_orion_snapshots: _builtins.bool
     """Include the full TaskOrion snapshot in ORION_* events (can be large)."""
+    allow_batches: _builtins.bool
+    """Let the server put several events in one response (in
+    WatchEventsResponse.events): a watcher that falls behind then catches up
+    in few large messages instead of one message per event. Without it every
+    response carries exactly one event, in `event`.
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_event_pb2.EventType.ValueType]:
         """Only events of these types (empty = all). Bookmarks are always sent."""
@@ -66,10 +73,11 @@ class WatchEventsRequest(_message.Message):
         resume_token: _builtins.str = ...,
         include_history: _builtins.bool = ...,
         include_orion_snapshots: _builtins.bool = ...,
+        allow_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "include_history", b"include_history", "include_orion_snapshots", b"include_orion_snapshots", "orion_id", b"orion_id", "resume_token", b"resume_token", "task_ids", b"task_ids", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_batches", b"allow_batches", "device_id", b"device_id", "include_history", b"include_history", "include_orion_snapshots", b"include_orion_snapshots", "orion_id", b"orion_id", "resume_token", b"resume_token", "task_ids", b"task_ids", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -82,18 +90,24 @@ class WatchEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _event_pb2.Event:
-        """The event."""
+        """The event (when the request did not set allow_batches)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
+        """The events, in order, at least one (when the request set allow_batches)."""
 
     def __init__(
         self,
         *,
         event: _event_pb2.Event | None = ...,
+        events: _abc.Iterable[_event_pb2.Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

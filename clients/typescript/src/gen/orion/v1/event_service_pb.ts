@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file orion/v1/event_service.proto.
  */
 export const file_orion_v1_event_service: GenFile = /*@__PURE__*/
-  fileDesc("Chxvcmlvbi92MS9ldmVudF9zZXJ2aWNlLnByb3RvEghvcmlvbi52MSK/AQoSV2F0Y2hFdmVudHNSZXF1ZXN0EiIKBXR5cGVzGAEgAygOMhMub3Jpb24udjEuRXZlbnRUeXBlEhAKCG9yaW9uX2lkGAIgASgJEhAKCHRhc2tfaWRzGAMgAygJEhEKCWRldmljZV9pZBgEIAEoCRIUCgxyZXN1bWVfdG9rZW4YBSABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAYgASgIEh8KF2luY2x1ZGVfb3Jpb25fc25hcHNob3RzGAcgASgIIjUKE1dhdGNoRXZlbnRzUmVzcG9uc2USHgoFZXZlbnQYASABKAsyDy5vcmlvbi52MS5FdmVudDJcCgxFdmVudFNlcnZpY2USTAoLV2F0Y2hFdmVudHMSHC5vcmlvbi52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHS5vcmlvbi52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFCHFoab3Jpb24vZ2VuL29yaW9uL3YxO29yaW9udjFiBnByb3RvMw", [file_orion_v1_event]);
+  fileDesc("Chxvcmlvbi92MS9ldmVudF9zZXJ2aWNlLnByb3RvEghvcmlvbi52MSLWAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EiIKBXR5cGVzGAEgAygOMhMub3Jpb24udjEuRXZlbnRUeXBlEhAKCG9yaW9uX2lkGAIgASgJEhAKCHRhc2tfaWRzGAMgAygJEhEKCWRldmljZV9pZBgEIAEoCRIUCgxyZXN1bWVfdG9rZW4YBSABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAYgASgIEh8KF2luY2x1ZGVfb3Jpb25fc25hcHNob3RzGAcgASgIEhUKDWFsbG93X2JhdGNoZXMYCCABKAgiVgoTV2F0Y2hFdmVudHNSZXNwb25zZRIeCgVldmVudBgBIAEoCzIPLm9yaW9uLnYxLkV2ZW50Eh8KBmV2ZW50cxgCIAMoCzIPLm9yaW9uLnYxLkV2ZW50MlwKDEV2ZW50U2VydmljZRJMCgtXYXRjaEV2ZW50cxIcLm9yaW9uLnYxLldhdGNoRXZlbnRzUmVxdWVzdBodLm9yaW9uLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwAUIcWhpvcmlvbi9nZW4vb3Jpb24vdjE7b3Jpb252MWIGcHJvdG8z", [file_orion_v1_event]);
 
 /**
  * WatchEventsRequest is the input of WatchEvents. Filters combine with AND;
@@ -73,6 +73,16 @@ export type WatchEventsRequest = Message<"orion.v1.WatchEventsRequest"> & {
    * @generated from field: bool include_orion_snapshots = 7;
    */
   includeOrionSnapshots: boolean;
+
+  /**
+   * Let the server put several events in one response (in
+   * WatchEventsResponse.events): a watcher that falls behind then catches up
+   * in few large messages instead of one message per event. Without it every
+   * response carries exactly one event, in `event`.
+   *
+   * @generated from field: bool allow_batches = 8;
+   */
+  allowBatches: boolean;
 };
 
 /**
@@ -89,11 +99,18 @@ export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PUR
  */
 export type WatchEventsResponse = Message<"orion.v1.WatchEventsResponse"> & {
   /**
-   * The event.
+   * The event (when the request did not set allow_batches).
    *
    * @generated from field: orion.v1.Event event = 1;
    */
   event?: Event;
+
+  /**
+   * The events, in order, at least one (when the request set allow_batches).
+   *
+   * @generated from field: repeated orion.v1.Event events = 2;
+   */
+  events: Event[];
 };
 
 /**
