@@ -9,8 +9,9 @@ successful, empty result — the cheapest device a server can have, so the bench
 the server. ``--batch`` announces that the device accepts batches (``hello.accepts_batches``)
 and answers a batch of assignments with one batch of results.
 
-The process prints ``ready N SECONDS`` once all N devices are welcomed (SECONDS: time to
-connect them all), then obeys lines on stdin:
+The process prints ``ready N SECONDS RETRIES`` once all N devices are welcomed (SECONDS: time
+to connect them all; RETRIES: stream openings that failed and were retried), then obeys lines
+on stdin:
 
 - ``stats``: print one JSON line with what was received since the previous ``stats``
   (assignments, dispatch -> receive latencies, result -> next assignment "hop" latencies,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from typing import Any
@@ -41,6 +43,8 @@ MAX_SAMPLES = 200_000
 class Stats:
     def __init__(self) -> None:
         self.connected = 0
+        self.retries = 0  # failed stream openings (retried)
+        self.last_error = ""
         self.reset()
 
     def reset(self) -> None:
@@ -55,7 +59,8 @@ class Stats:
                 "dispatch_us": self.dispatch_us, "hop_us": self.hop_us,
                 "devices_with_work": len(self.first_ns),
                 "last_first_ns": max(self.first_ns.values(), default=0),
-                "connected": self.connected}
+                "connected": self.connected, "connect_retries": self.retries,
+                "last_connect_error": self.last_error}
 
 
 def hello(device_id: str, capacity: int, batch: bool) -> pb.ConnectRequest:
@@ -72,10 +77,25 @@ def result_of(a: pb.TaskAssignment) -> pb.TaskResult:
 
 
 async def device(stub: pb_grpc.DeviceServiceStub, device_id: str, capacity: int, batch: bool,
-                 stats: Stats, welcomed: asyncio.Event, total: int) -> None:
-    call = stub.Connect()
-    await call.write(hello(device_id, capacity, batch))
-    first = await call.read()
+                 stats: Stats, welcomed: asyncio.Event, total: int,
+                 opening: asyncio.Semaphore) -> None:
+    for attempt in range(20):
+        # Opening thousands of streams at the same instant makes grpc fail some of them
+        # (INTERNAL / CANCELLED at the first write): open in waves, and retry with a backoff
+        # as a real daemon does (retries are counted and reported).
+        async with opening:
+            call = stub.Connect()
+            try:
+                await call.write(hello(device_id, capacity, batch))
+                first = await call.read()
+                break
+            except grpc.aio.AioRpcError as exc:
+                stats.retries += 1
+                stats.last_error = f"{exc.code().name}: {exc.details()}"
+                call.cancel()
+        await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+    else:
+        raise RuntimeError(f"{device_id}: could not connect ({stats.last_error})")
     if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
         raise RuntimeError(f"{device_id}: no welcome ({first})")
     server_batches = batch and first.welcome.accepts_batches
@@ -131,6 +151,7 @@ async def main() -> None:
     ap.add_argument("--capacity", type=int, default=1)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--opening", type=int, default=256, help="streams opened at once, at most")
     args = ap.parse_args()
 
     stats = Stats()
@@ -140,15 +161,17 @@ async def main() -> None:
                 for _ in range(max(1, args.channels))]
     stubs = [pb_grpc.DeviceServiceStub(c) for c in channels]
     start = time.perf_counter()
+    opening = asyncio.Semaphore(args.opening)
     tasks = [asyncio.create_task(device(stubs[i % len(stubs)], f"{args.prefix}-{i}",
-                                        args.capacity, args.batch, stats, welcomed, args.count))
+                                        args.capacity, args.batch, stats, welcomed, args.count,
+                                        opening))
              for i in range(args.count)]
     waiter = asyncio.create_task(welcomed.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     if waiter not in done:
         for t in done:
             t.result()  # a device failed before all were welcomed: raise its error
-    print(f"ready {args.count} {time.perf_counter() - start:.3f}", flush=True)
+    print(f"ready {args.count} {time.perf_counter() - start:.3f} {stats.retries}", flush=True)
     loop = asyncio.get_running_loop()
     while True:
         line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
