@@ -30,6 +30,7 @@ from ..gen.orion.v1 import (
 )
 from .client import OrionClient, default_target
 from .files import DocumentError, edit_request, read_document, submit_request
+from .graph import add_graph_arguments, cmd_graph
 from .progress import TERMINAL_EVENTS, OrionProgress, ProgressPrinter
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -347,6 +348,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     edit.add_argument("--request-id", help="idempotency key")
     _client_flags(edit)
 
+    graph = sub.add_parser(
+        "graph", help="an orion's DAG as Graphviz DOT or Mermaid, coloured by status",
+        description="Write an orion's DAG as Graphviz DOT or Mermaid: stars coloured by status "
+                    "(pending grey, running blue, completed green, failed red, cancelled "
+                    "yellow) and labelled with their device; lines labelled with their "
+                    "dependency type and condition. ORION is an orion file (drawn as "
+                    "submitted) or the id of an orion on the server (drawn as it stands). "
+                    "Render DOT with Graphviz (dot -Tsvg), Mermaid in Markdown or mermaid.live.")
+    add_graph_arguments(graph)
+    _client_flags(graph)
+
     cancel = sub.add_parser("cancel", help="cancel a running orion")
     cancel.add_argument("orion_id")
     cancel.add_argument("--reason")
@@ -381,4 +393,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     return {"serve": cmd_serve, "submit": run(cmd_submit), "status": run(cmd_status),
             "devices": run(cmd_devices), "watch": run(cmd_watch), "cancel": run(cmd_cancel),
-            "edit": run(cmd_edit)}
+            "edit": run(cmd_edit), "graph": run(cmd_graph)}
