@@ -327,6 +327,31 @@ class OrionClient:
             if not token:
                 return devices
 
+    async def wait_for_devices(self, count: int, timeout: float | None = None
+                               ) -> list[dict[str, Any]]:
+        """Wait until at least ``count`` devices are connected — also while the server is
+        still starting — and return them. Raises ``TimeoutError`` after ``timeout`` (default
+        ``self.timeout``). Woken by the server's device events, not by polling."""
+        async def connected() -> list[dict[str, Any]]:
+            await self.channel.channel_ready()  # the server may be starting up
+            call = self.events.WatchEvents(event_service_pb2.WatchEventsRequest(types=[
+                event_pb2.EVENT_TYPE_DEVICE_CONNECTED, event_pb2.EVENT_TYPE_DEVICE_DISCONNECTED]))
+            try:
+                await call.wait_for_connection()  # subscribed: no connection can slip by
+                while True:
+                    devices = await self.get_available_devices()
+                    if len(devices) >= count:
+                        return devices
+                    if await call.read() is grpc.aio.EOF:
+                        raise UnavailableError("the server ended the event stream",
+                                               "STREAM_ENDED")
+            except grpc.aio.AioRpcError as err:
+                raise domain_error(err) from err
+            finally:
+                call.cancel()
+
+        return await asyncio.wait_for(connected(), self.timeout if timeout is None else timeout)
+
     async def cancel_orion(self, orion: str | TaskOrion, reason: str | None = None, *,
                            request_id: str | None = None) -> bool:
         request = orchestrator_service_pb2.CancelOrionRequest(

@@ -179,7 +179,15 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 async def cmd_devices(args: argparse.Namespace) -> int:
     async with OrionClient(args.server, timeout=args.timeout) as client:
-        devices = await client.get_available_devices()
+        if args.wait:
+            try:
+                devices = await client.wait_for_devices(args.wait)
+            except TimeoutError:
+                print(f"error: fewer than {args.wait} devices connected to {args.server} "
+                      f"within {args.timeout:g}s", file=sys.stderr)
+                return EXIT_ERROR
+        else:
+            devices = await client.get_available_devices()
     if args.json:
         print(_dump(devices))
         return EXIT_OK
@@ -308,6 +316,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _client_flags(status)
 
     devices = sub.add_parser("devices", help="list connected devices")
+    devices.add_argument("--wait", type=int, metavar="N", default=0,
+                         help="first wait (up to --timeout) until at least N devices are "
+                              "connected, also while the server is still starting; exit 2 "
+                              "if they do not come")
     _client_flags(devices)
 
     watch = sub.add_parser(
