@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Orion server image. Build: docker build -t orion .   Run: docker run -p 50051:50051 orion
-# Configuration is by ORION_* environment variables (see `orion serve --help`).
+# Configuration is by ORION_* environment variables (docs/operations.md, `orion serve --help`).
 # tests/test_dockerfile.py checks this file and runs its install and entry-point steps as
 # plain commands (no Docker engine in CI).
 
@@ -22,13 +22,16 @@ ENV PATH=/opt/orion/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ORION_HOST=0.0.0.0 \
     ORION_PORT=50051 \
-    ORION_STORE=/data/orion.db
+    ORION_STORE=/data/orion.db \
+    ORION_METRICS_HOST=0.0.0.0
 USER orion
 WORKDIR /data
 # Durable state — the SQLite store (orions, stars' states, event history, request ids) —
 # lives here: keep the volume and a restarted container resumes every orion.
 VOLUME ["/data"]
-EXPOSE 50051
+# gRPC; and Prometheus metrics once ORION_METRICS_PORT=9464 is set (off by default).
+# Logs are JSON lines on stderr (no terminal); --log-format / ORION_LOG_FORMAT changes that.
+EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('ORION_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
 ENTRYPOINT ["orion"]

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_runs_as_non_root_with_healthcheck_entrypoint_and_volume() -> None:
     assert _instructions("USER") == ["orion"]
     assert json.loads(_instructions("ENTRYPOINT")[0]) == ["orion"]
     assert json.loads(_instructions("CMD")[0]) == ["serve"]
-    assert _instructions("VOLUME") and _instructions("EXPOSE") == ["50051"]
+    assert _instructions("VOLUME") and _instructions("EXPOSE") == ["50051 9464"]
     assert _instructions("HEALTHCHECK")
 
 
@@ -54,6 +55,8 @@ def test_install_and_entrypoint_steps_work_in_a_fresh_venv(tmp_path: Path) -> No
     env["ORION_PORT"] = "0"  # the image uses 50051; a free port keeps the test independent
     assert env["ORION_STORE"] == "/data/orion.db"  # the store lives on the volume
     env["ORION_STORE"] = str(tmp_path / "orion.db")  # ... which this machine does not have
+    assert env["ORION_METRICS_HOST"] == "0.0.0.0" and "ORION_METRICS_PORT" not in env  # off
+    env["ORION_METRICS_PORT"] = "0"  # as `docker run -e ORION_METRICS_PORT=9464` turns it on
     entry = json.loads(_instructions("ENTRYPOINT")[0]) + json.loads(_instructions("CMD")[0])
     server = subprocess.Popen([str(venv / "bin" / entry[0]), *entry[1:]], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -62,6 +65,12 @@ def test_install_and_entrypoint_steps_work_in_a_fresh_venv(tmp_path: Path) -> No
         match = re.search(r"listening on (\S+):(\d+)", first)
         assert match, first + server.stderr.read()  # type: ignore[union-attr]
         assert match.group(1) == "0.0.0.0"
+        metrics = re.search(r"metrics on http://0\.0\.0\.0:(\d+)/metrics",
+                            server.stdout.readline())  # type: ignore[union-attr]
+        assert metrics, "the metrics endpoint did not start"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.group(1)}/metrics",
+                                    timeout=30) as page:
+            assert "orion_stars_dispatched_total 0" in page.read().decode()
         health = json.loads(re.search(r"CMD (\[.*\])", _instructions("HEALTHCHECK")[0]).group(1))
         check_env = {**env, "ORION_PORT": match.group(2)}
         healthcheck = [str(venv / "bin" / health[0]), *health[1:]]
