@@ -640,9 +640,13 @@ class TaskOrion(JsonSerializable):
         return width
 
     def get_critical_path_length_with_time(self) -> tuple[float, list[str]]:
+        """The longest path through COMPLETED stars, by their durations (a failed or
+        cancelled star's time led nowhere; it counts in ``get_total_work``)."""
         if not self._tasks:
             return 0.0, []
-        return self._longest({tid: t.execution_duration or 0.0 for tid, t in self._tasks.items()})
+        completed = TaskStatus.COMPLETED
+        return self._longest({tid: (t.execution_duration or 0.0) if t._status is completed
+                              else 0.0 for tid, t in self._tasks.items()})
 
     def get_total_work(self) -> float:
         return sum(t.execution_duration or 0.0 for t in self._tasks.values())

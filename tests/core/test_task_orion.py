@@ -749,6 +749,23 @@ def test_statistics_after_execution_uses_actual_durations() -> None:
     assert stats["execution_end_time"] == (base + timedelta(seconds=8)).isoformat()
 
 
+def test_the_critical_path_runs_through_completed_stars_only() -> None:
+    orion = known_dag()  # a -> b -> d, a -> c -> d, ... (as above)
+    orion.start_execution()
+    for tid in orion.get_topological_order():
+        orion.finish_task(tid, tid != "c", tid if tid != "c" else None,
+                          error=None if tid != "c" else "c broke")
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    durations = {"a": 1.0, "b": 2.0, "c": 5.0, "d": 1.0, "e": 3.0, "f": 1.0}
+    for tid, seconds in durations.items():
+        task = orion.get_task(tid)
+        task._execution_start_time = base.timestamp()
+        task._execution_end_time = (base + timedelta(seconds=seconds)).timestamp()
+    assert orion.get_task("c").status.value == "failed"
+    # Counting c's 5 s, a -> c -> d (7 s) would be the path; it led nowhere.
+    assert orion.get_critical_path_length_with_time() == (4.0, ["a", "b", "d"])
+
+
 def test_statistics_empty_orion() -> None:
     stats = TaskOrion(orion_id="empty").get_statistics()
     assert set(stats) == STAT_KEYS
