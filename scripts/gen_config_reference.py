@@ -61,7 +61,7 @@ def _options(parser: argparse.ArgumentParser, only: set[str] | None = None) -> l
         help_text = action.help or ""
         if action.dest in MACHINE_DEFAULTS:
             default = MACHINE_DEFAULTS[action.dest]
-            help_text = help_text.replace("%(default)s", default)
+            help_text = re.sub(r",?\s*%\(default\)s", "", help_text)
         else:
             default = "off" if action.nargs == 0 and action.default in (False, None) else \
                 _code(action.default if action.default != [] else "")

@@ -7,8 +7,8 @@ The convention, for whoever writes docs:
   ``examples/…`` and ``./scripts/…`` work, and files the commands write stay out of the
   checkout), with this test's ``orion`` first on ``PATH``, no ``ORION_*`` / ``OTEL_*``
   variables from outside, and a time limit. Background jobs (``orion serve &``) are fine:
-  whatever still runs when the block ends is stopped (SIGTERM, then SIGKILL). To wait for a
-  fleet, use ``orion devices --wait N`` (never ``sleep``).
+  whatever still runs when the block ends is killed (end them with ``kill %1`` to show a
+  graceful stop). To wait for a fleet, use ``orion devices --wait N`` (never ``sleep``).
 - Ports: each block gets free ones. ``50051`` and ``9464`` — the default gRPC port and the
   conventional metrics port, as the docs write them — are replaced by free ports in the
   block, and ``ORION_PORT`` / ``ORION_SERVER`` point to the first, so ``orion serve &`` and

@@ -17,6 +17,7 @@ from ..core import (
     OrionEngine,
     TaskOrion,
     Violation,
+    log_context,
 )
 from ..core.orchestrator import RunSuspendedError
 from ..core.recovery import RecoveredRun
@@ -51,6 +52,7 @@ class RunRegistry:
                     metadata: Mapping[str, Any], synchronize: bool) -> None:
         """Assign devices and start running ``orion``; raises (changing nothing) if it cannot."""
         orion_id = orion.orion_id
+        log_context.bind(orion_id=orion_id)  # the rest of this RPC's log lines are about it
         if self.exists(orion_id):
             raise AlreadyExistsError(
                 f"Orion {orion_id} already exists; choose another orion_id (or leave it empty "
@@ -98,7 +100,7 @@ class RunRegistry:
         if not task.cancelled() and task.exception() is not None \
                 and not isinstance(task.exception(), RunSuspendedError):
             logger.error("orion %s ended with an internal error", orion_id,
-                         exc_info=task.exception())
+                         exc_info=task.exception(), extra={"orion_id": orion_id})
         self._finished.append(orion_id)
         while len(self._finished) > self.keep_finished:
             old = self._finished.popleft()

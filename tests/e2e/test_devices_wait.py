@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from e2e_support import Child, Daemon, ServerProcess, run_cli_async
+from e2e_support import Child, Daemon, ServerChild, ServerProcess, run_cli_async
 
 
 def free_port() -> int:
@@ -18,10 +18,9 @@ async def test_waits_for_the_server_to_start_and_the_devices_to_connect() -> Non
     port = free_port()
     target = f"127.0.0.1:{port}"
     waiting = await Child.cli("devices", "--wait", "2", "--server", target, "--timeout", "60")
-    server = await Child.cli("serve", "--port", str(port), "--log-level", "WARNING")
+    server = await ServerChild.start("--port", str(port))  # the port the waiter dials
     daemons: list[Daemon] = []
     try:
-        await server.wait_for_line("listening on", "stdout")
         for device_id in ("dev-a", "dev-b"):
             daemons.append(await Daemon.start(target, device_id))
         assert await waiting.exit_code(60) == 0, waiting.stderr()

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 import pytest
-from e2e_support import ROOT, WAIT, Child, Daemon, orion_command, store_args
+from e2e_support import ROOT, WAIT, Daemon, ServerChild
 from test_tracing_e2e import release_orion
 
 from orion_grpc.client import OrionClient
@@ -48,14 +48,10 @@ def one(lines: list[dict[str, Any]], text: str) -> dict[str, Any]:
 
 
 async def test_server_and_device_log_json_lines_naming_orion_star_device_and_trace() -> None:
-    server = Child(await Child._spawn(orion_command(
-        "serve", "--port", "0", "--log-level", "DEBUG", "--retry-backoff-base", "0",
-        *store_args(())),
-        env=TRACED), "orion serve")
+    server = await ServerChild.start("--retry-backoff-base", "0", log_level="DEBUG", env=TRACED)
+    target = server.target
     daemon: Daemon | None = None
     try:
-        address = (await server.wait_for_line("listening on", "stdout")).split()[-1]
-        target = f"127.0.0.1:{address.rsplit(':', 1)[1]}"
         daemon = await Daemon.start(target, "builder-1", "--plugin", "chatty=e2e_executors:chatty",
                                     "--executor", "chatty", env={**PLUGINS, **TRACED})
         await daemon.connected()
@@ -89,6 +85,7 @@ async def test_server_and_device_log_json_lines_naming_orion_star_device_and_tra
     assert one(device_logs, "device builder-1 connected")["device_id"] == "builder-1"
     working = [line for line in device_logs if line["message"].startswith("working on")]
     assert {line["star_id"] for line in working} == {"build", "test", "ship"}
+    print(json.dumps(retry), json.dumps(working[0]), sep="\n")  # docs/operations.md shows them
     for line in working:  # the executor's own lines, inside its device.execute span
         assert (line["orion_id"], line["device_id"], line["trace_id"]) == (
             "release-1", "builder-1", trace_id)
