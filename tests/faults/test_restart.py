@@ -204,3 +204,49 @@ async def test_a_server_killed_mid_run_resumes_every_orion_on_the_same_store(
     assert result_from_pb(done_long.orion.result)["status"] == "completed"
     assert result_from_pb(done_orphan.orion.result)["status"] == "completed"
     assert sorted(o["orion_id"] for o in orions) == ["long", "orphan"]  # nothing submitted twice
+
+
+async def test_a_gracefully_stopped_server_suspends_and_the_restart_resumes(
+        tmp_path: Path) -> None:
+    """SIGTERM with a store: nothing is cancelled — the daemon keeps working while the server
+    is down and replays its result to the restarted server; the caller waiting for the run
+    hears RUN_SUSPENDED and, asking again with its request id, gets the result."""
+    flags = (*SERVER_FLAGS, "--store", str(tmp_path / "orion.db"), "--port", str(free_port()))
+    server = await ServerChild.start(*flags)
+    fleet = Fleet(server)
+    orion = TaskOrion("graceful")
+    orion.add_task(star("work", "keeper", 2.0))
+    orion.add_task(star("next", "keeper", 0.1))
+    orion.add_dependency(TaskStarLine("work", "next", "success_only"))
+    try:
+        keeper = await fleet.daemon("keeper", *WORK, env=PLUGINS)
+        async with fleet.client() as client:
+            waiting = asyncio.create_task(client.orchestrate_orion(orion, request_id="run-1"))
+            await keeper.wait_for_line("work: work attempt 1 started")
+            server.signal(signal.SIGTERM)
+            assert await server.exit_code() == 0
+            with pytest.raises(OrionError) as suspended:
+                await waiting
+            await keeper.wait_for_line("work: work attempt 1 finished")  # server still down
+
+        since = keeper.mark("stdout")
+        server = await ServerChild.start(*flags)
+        fleet.server = server
+        await keeper.connected(since=since)
+        async with fleet.client() as client:
+            result = await client.orchestrate_orion(orion, request_id="run-1")
+            history = Watch(client, include_history=True)
+            await history.until("ORION_COMPLETED", orion_id="graceful")
+            await history.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await fleet.close()
+        await server.close()
+
+    assert suspended.value.reason == "RUN_SUSPENDED"
+    assert "cancelled" not in keeper.stderr()  # the work went on through the shutdown
+    assert result["status"] == "completed"
+    assert result["results"]["work"]["attempt"] == 1  # the replayed result, not a rerun
+    assert completions(history.events) == Counter({"graceful/work": 1, "graceful/next": 1})
+    assert len([e for e in history.events
+                if e.type == event_pb2.EVENT_TYPE_ORION_STARTED]) == 1
