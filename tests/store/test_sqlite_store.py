@@ -37,15 +37,54 @@ def test_every_record_kind_round_trips(tmp_path: Path) -> None:
                        events=[(3, b"three")], events_before=2)])
     store.close()
 
-    stored = SQLiteStore(path).load(event_limit=10)
+    reopened = SQLiteStore(path)
+    stored = reopened.load(event_limit=10)
+    reopened.close()
     assert stored.orions == {"o": {"orion_id": "o", "name": "n", "run": {"strategy": None}}}
     assert stored.stars["o"]["a"] == {"task_id": "a", "position": 0, "status": "completed",
                                       "result": {"x": 1}}
     assert stored.stars["o"]["b"]["status"] == "pending"
     assert set(stored.leases) == {"d:2"}
-    assert stored.events == [(2, b"two"), (3, b"three")]
+    # Retention drops whole commits' chunks: 1-2 stay while 2 is still wanted.
+    assert stored.events == [(1, b"\x00one"), (2, b"two"), (3, b"three")]
     assert stored.requests == [("M", "r1", {"created": 5.0})]
-    assert stored.meta["epoch"] == "e" and stored.meta["schema"] == "1"
+    assert stored.meta["epoch"] == "e" and stored.meta["schema"] == "2"
+    store = SQLiteStore(path)
+    store.write([Batch(events=[(4, b"four")], events_before=3)])
+    assert store.load(event_limit=10).events == [(3, b"three"), (4, b"four")]
+    store.close()
+
+
+def test_one_commit_folds_its_batches_in_order(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "fold.db"))
+    store.write([
+        Batch(orions={"o": {"v": 1}}, star_sets={"o": [("a", {}, {"status": "pending"})]},
+              leases={"gone": {"lease_id": "gone"}}),
+        Batch(stars=[("o", "a", {"status": "running"})], leases={"kept": {"lease_id": "kept"}}),
+        Batch(stars=[("o", "a", {"status": "completed"})], leases={"gone": None}),
+        Batch(deleted_orions=["x"], orions={"x": {"v": 2}},
+              star_sets={"x": [("b", {}, {"status": "pending"})]}),
+        Batch(deleted_orions=["y"]),  # registered and deleted in one commit: nothing left
+    ])
+    stored = store.load(0)
+    assert stored.stars["o"]["a"]["status"] == "completed"
+    assert set(stored.leases) == {"kept"}
+    assert set(stored.orions) == {"o", "x"} and set(stored.stars) == {"o", "x"}
+    store.close()
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                       "CREATE TABLE events (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+                       "INSERT INTO meta VALUES ('schema', '1');"
+                       "INSERT INTO events VALUES (1, x'01'), (2, x'0202');")
+    conn.close()
+    store = SQLiteStore(path)
+    stored = store.load(10)
+    assert stored.events == [(1, b"\x01"), (2, b"\x02\x02")] and stored.meta["schema"] == "2"
+    store.close()
 
 
 def test_load_returns_only_the_newest_events(tmp_path: Path) -> None:
