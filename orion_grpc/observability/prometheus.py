@@ -91,7 +91,7 @@ def render_text(data: MetricsData | None) -> str:
     for resource_metrics in data.resource_metrics if data is not None else ():
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                lines.extend(_family(metric.name, metric.description, metric.data))
+                lines.extend(_family(metric.name, metric.description or "", metric.data))
     return "\n".join(lines) + "\n" if lines else ""
 
 
