@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where results go (the smoke test points it at a temporary directory).
+RESULTS = Path(os.environ.get("ORION_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 SHAPES = ("wide", "chains", "fan", "layered")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

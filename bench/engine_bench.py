@@ -2,8 +2,14 @@
 
     python bench/engine_bench.py                 # all shapes at 1k, 10k, 100k
     python bench/engine_bench.py --sizes 1000 10000 --shapes wide chains
+    python bench/engine_bench.py --quick         # tiny, for the smoke test
 
-Prints a table and writes bench/results/engine-<timestamp>.json (and latest-engine.json).
+Per run: build (the stars and lines through the public API, each insert cycle-checked),
+validate, run (``orchestrate_orion`` from start to returned result), stars/s and µs per star
+(wall clock) and CPU µs per star (this process's CPU time: what a busy machine does not
+inflate as much), peak RSS, and how per-star cost grows from the smallest to the largest N.
+
+Prints a table and writes bench/results/latest-engine.json.
 """
 
 from __future__ import annotations
@@ -11,16 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import platform
-import random
 import resource
-import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import benchlib
+from benchlib import SHAPES
 
 from orion_grpc import (
     EventBus,
@@ -32,7 +33,10 @@ from orion_grpc import (
     TaskStarLine,
 )
 
-SHAPES = ("wide", "chains", "fan", "layered")
+COLUMNS = [("shape", "shape"), ("stars", "stars"), ("edges", "edges"), ("build_s", "build s"),
+           ("validate_s", "validate s"), ("run_s", "run s"), ("stars_per_s", "stars/s"),
+           ("us_per_star", "µs/star"), ("cpu_us_per_star", "CPU µs/star"),
+           ("rss_mb", "peak RSS MB")]
 
 
 def build(shape: str, n: int, seed: int = 7) -> TaskOrion:
@@ -41,26 +45,8 @@ def build(shape: str, n: int, seed: int = 7) -> TaskOrion:
     for tid in ids:
         orion.add_task(TaskStar(task_id=tid, description="noop"))
     add = orion.add_dependency
-    if shape == "chains":
-        per = max(1, n // 100)
-        for i in range(n):
-            if i % per:
-                add(TaskStarLine(ids[i - 1], ids[i], line_id=f"l{i}"))
-    elif shape == "fan":
-        for i in range(1, n - 1):
-            add(TaskStarLine(ids[0], ids[i], line_id=f"a{i}"))
-            add(TaskStarLine(ids[i], ids[n - 1], line_id=f"b{i}"))
-    elif shape == "layered":
-        rng = random.Random(seed)
-        width = max(1, int(n ** 0.5))
-        edges: set[tuple[int, int]] = set()
-        while len(edges) < 3 * n and n > width:
-            dst = rng.randrange(width, n)
-            layer_start = (dst // width) * width
-            src = rng.randrange(max(0, layer_start - width), layer_start)
-            edges.add((src, dst))
-        for k, (s, d) in enumerate(sorted(edges)):
-            add(TaskStarLine(ids[s], ids[d], line_id=f"e{k}"))
+    for k, (a, b) in enumerate(benchlib.edges(shape, n, seed)):
+        add(TaskStarLine(ids[a], ids[b], line_id=f"l{k}"))
     return orion
 
 
@@ -80,15 +66,18 @@ async def run_one(shape: str, n: int, devices: int, capacity: int) -> dict[str, 
     ok, errors = orion.validate_dag()
     assert ok, errors
     t2 = time.perf_counter()
+    cpu = time.process_time()
     orch = TaskOrionOrchestrator(dm, enable_logging=False, event_bus=bus)
     result = await orch.orchestrate_orion(orion, assignment_strategy="round_robin")
     t3 = time.perf_counter()
+    cpu = time.process_time() - cpu
     assert result["status"] == "completed", result["status"]
     run = t3 - t2
     return {"shape": shape, "stars": n, "edges": orion.dependency_count,
             "build_s": round(t1 - t0, 3), "validate_s": round(t2 - t1, 3),
             "run_s": round(run, 3), "stars_per_s": round(n / run),
-            "us_per_star": round(run / n * 1e6, 1), "rss_mb": round(rss_mb(), 1)}
+            "us_per_star": round(run / n * 1e6, 1), "cpu_us_per_star": round(cpu / n * 1e6, 1),
+            "rss_mb": round(rss_mb(), 1)}
 
 
 def main() -> None:
@@ -97,33 +86,28 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     ap.add_argument("--devices", type=int, default=16)
     ap.add_argument("--capacity", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes = [100, 300]
+    print(benchlib.table([], COLUMNS), flush=True)
     rows = []
     for shape in args.shapes:
         for n in args.sizes:
             rows.append(asyncio.run(run_one(shape, n, args.devices, args.capacity)))
-            r = rows[-1]
-            print(f"{r['shape']:>8} {r['stars']:>7} stars {r['edges']:>7} edges | build "
-                  f"{r['build_s']:>6.3f}s validate {r['validate_s']:>6.3f}s run {r['run_s']:>7.3f}s"
-                  f" | {r['stars_per_s']:>7} stars/s {r['us_per_star']:>6} us/star | "
-                  f"peak RSS {r['rss_mb']} MB", flush=True)
-    growth = {}
+            print(benchlib.table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+    growth: dict[str, dict[str, float]] = {}
     for shape in args.shapes:
-        by_n = {r["stars"]: r["us_per_star"] for r in rows if r["shape"] == shape}
-        lo, hi = min(by_n), max(by_n)
-        if lo != hi:
-            growth[shape] = round(by_n[hi] / by_n[lo], 2)
+        by_n = {r["stars"]: r for r in rows if r["shape"] == shape}
+        lo, hi = by_n[min(by_n)], by_n[max(by_n)]
+        if lo is not hi:
+            growth[shape] = {
+                "wall": round(float(hi["us_per_star"]) / float(lo["us_per_star"]), 2),
+                "cpu": round(float(hi["cpu_us_per_star"]) / float(lo["cpu_us_per_star"]), 2)}
     print("\nper-star cost growth (largest N / smallest N):", growth)
-    out = {"benchmark": "engine", "date": datetime.now(UTC).isoformat(),
-           "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                       "cpus": __import__("os").cpu_count()},
-           "devices": args.devices, "capacity": args.capacity, "rows": rows,
+    out = {"devices": args.devices, "capacity": args.capacity, "rows": rows,
            "per_star_growth": growth}
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    (results / f"engine-{stamp}.json").write_text(json.dumps(out, indent=2))
-    (results / "latest-engine.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {benchlib.save('engine', out, quick=args.quick)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ result), so the figures are the server's. Measured per run:
   (result over the wire, the server finishing k, readiness, dispatch, assignment over the
   wire), an upper bound for ready -> received.
 
-Prints a table and writes bench/results/latest-grpc.json.
+Prints a table and writes bench/results/latest-grpc.json (latest-grpc-store.json with --store).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def main() -> None:
         args.stars, args.devices, args.capacities, args.idle_stars = 200, [3], [2], 20
     print(benchlib.table([], COLUMNS), flush=True)
     out = asyncio.run(amain(args))
-    path = benchlib.save("grpc", out, quick=args.quick)
+    path = benchlib.save("grpc-store" if args.store else "grpc", out, quick=args.quick)
     print(f"\nwrote {path}")
 
 

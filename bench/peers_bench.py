@@ -93,23 +93,24 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["chains", "fan"], choices=benchlib.SHAPES)
     ap.add_argument("--workers", type=int, default=2, help="worker processes for every system")
     ap.add_argument("--capacity", type=int, default=16, help="capacity of each Orion device")
+    ap.add_argument("--peers", nargs="*", default=["dask", "ray"], choices=["dask", "ray"],
+                    help="peers to run (none: only Orion's side, no peers venv needed)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     args = ap.parse_args()
     if args.quick:
         args.stars = 200
-    python = peers_python()
+    python = peers_python() if args.peers else ""
     orion = asyncio.run(run_orion(args.shapes, args.stars, args.workers, args.capacity))
     rows = []
     print(benchlib.table([], COLUMNS), flush=True)
     for shape in args.shapes:
-        dask = run_peer(python, "dask", shape, args.stars, args.workers)
-        ray = run_peer(python, "ray", shape, args.stars, args.workers)
         n = args.stars
-        row = {"shape": shape, "stars": n, "orion_s": round(orion[shape], 3),
-               "dask_s": round(dask, 3), "ray_s": round(ray, 3),
-               "orion_per_s": round(n / orion[shape]), "dask_per_s": round(n / dask),
-               "ray_per_s": round(n / ray), "orion_vs_dask": round(dask / orion[shape], 2),
-               "orion_vs_ray": round(ray / orion[shape], 2)}
+        row: dict[str, object] = {"shape": shape, "stars": n, "orion_s": round(orion[shape], 3),
+                                  "orion_per_s": round(n / orion[shape])}
+        for peer in args.peers:
+            seconds = run_peer(python, peer, shape, n, args.workers)
+            row.update({f"{peer}_s": round(seconds, 3), f"{peer}_per_s": round(n / seconds),
+                        f"orion_vs_{peer}": round(seconds / orion[shape], 2)})
         rows.append(row)
         print(benchlib.table([row], COLUMNS).splitlines()[-1], flush=True)
     out = {"rows": rows, "workers": args.workers, "orion_device_capacity": args.capacity,
