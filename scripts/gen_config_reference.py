@@ -84,7 +84,8 @@ def render() -> str:
              "### Client commands", "",
              "`orion submit`, `status`, `devices`, `watch`, `edit`, `cancel` and `graph` share "
              "these; each command's own options are in `orion COMMAND --help`.", "",
-             *_options(commands["devices"], {"server", "json", "timeout"}), "",
+             *_options(commands["devices"], {"server", "json", "timeout", "ca", "cert", "key",
+                                             "tls", "server_name", "token"}), "",
              "Tracing is configured with the standard `OTEL_*` variables (see "
              "[Tracing](#tracing)).", "", END]
     return "\n".join(lines)

@@ -50,7 +50,9 @@ from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
 from . import wire
+from .auth import check_device_id, current_principal
 from .convert import dict_to_struct, struct_to_dict, task_to_pb, value_from_pb
+from .errors import ApiError, abort
 from .limits import json_problems
 
 logger = logging.getLogger(__name__)
@@ -438,6 +440,10 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         hello = await self._read_hello(context)
+        try:  # a device credential acts only as the device it names
+            check_device_id(current_principal(), hello.device_id.strip())
+        except ApiError as exc:
+            await abort(context, exc)
         # Every log line of this session (this handler's task and its children) names it.
         log_context.bind(device_id=hello.device_id.strip() or None)
         session = self._open_session(hello, context)

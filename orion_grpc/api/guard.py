@@ -2,6 +2,9 @@
 
 In order, for each call it
 
+0. authenticates the caller and checks its role (``auth.Authenticator``: UNAUTHENTICATED /
+   PERMISSION_DENIED), and makes it ``auth.current_principal()`` for the handler — before
+   anything of the request is looked at;
 1. reads the request leniently: bytes that are not a valid message (a string that is not
    UTF-8, messages nested beyond protobuf's depth limit) end the call with INVALID_ARGUMENT,
    reason ``MALFORMED_REQUEST``, instead of grpc's bare ``UNKNOWN`` "Exception
@@ -19,14 +22,18 @@ by message; they keep grpc's own decoding. Errors carry ErrorInfo like every oth
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
+from .auth import Authenticator, Principal, method_role, set_current_principal
 from .errors import ApiError, abort, abort_with, build_status
 from .limits import StreamSlots, json_problems
+
+logger = logging.getLogger(__name__)
 
 _BUILDERS = (("unary_unary", grpc.unary_unary_rpc_method_handler),
              ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -80,13 +87,12 @@ def peer_host(peer: str) -> str:
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """See the module docstring. ``client_of(context)`` names the client a stream slot is
-    counted for (default: the peer's address)."""
+    """See the module docstring. A stream slot is counted for the caller's credential (its
+    ``Principal.key``), else for the peer's address."""
 
-    def __init__(self, slots: StreamSlots,
-                 client_of: Callable[[grpc.aio.ServicerContext], str] | None = None) -> None:
+    def __init__(self, slots: StreamSlots, authenticator: Authenticator | None = None) -> None:
         self.slots = slots
-        self.client_of = client_of or (lambda context: peer_host(context.peer() or ""))
+        self.authenticator = authenticator or Authenticator()
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -95,20 +101,37 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: UNIMPLEMENTED
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
         for kind, build in _BUILDERS:
             behavior = getattr(handler, kind)
             if behavior is None:
                 continue
             unary_request = kind.startswith("unary")
-            wrapped = self._wrap(behavior, unary_request, kind.endswith("stream"))
-            if wrapped is None:
-                return handler  # a synchronous handler: left alone
+            wrapped = self._wrap(method, behavior, unary_request, kind.endswith("stream"))
+            if wrapped is None:  # a synchronous handler: it cannot be guarded
+                if self.authenticator.required and method_role(method) is not None:
+                    logger.error("%s has a synchronous handler, which would bypass "
+                                 "authentication: refused (UNIMPLEMENTED)", method)
+                    return None  # type: ignore[return-value]
+                return handler
             deserializer = handler.request_deserializer
             return build(wrapped,
                          request_deserializer=_lenient(deserializer) if unary_request
                          else deserializer,
                          response_serializer=handler.response_serializer)
         return handler
+
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext
+                            ) -> Principal | None:
+        """Who calls (set as ``current_principal()`` for the handler); aborts the call with
+        UNAUTHENTICATED / PERMISSION_DENIED if they may not call ``method``."""
+        try:
+            principal = self.authenticator.authenticate(
+                method, context.invocation_metadata(), context.auth_context())
+        except ApiError as exc:
+            await abort(context, exc)
+        set_current_principal(principal)
+        return principal
 
     async def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         if isinstance(request, Undecodable):
@@ -122,24 +145,27 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     + "; ".join(f"{v.field}: {v.description}" for v in problems[:5]),
                     "INVALID_JSON", problems))
 
-    async def _take_slot(self, context: grpc.aio.ServicerContext) -> str:
-        client = self.client_of(context)
+    async def _take_slot(self, principal: Principal | None,
+                         context: grpc.aio.ServicerContext) -> str:
+        client = principal.key if principal is not None else peer_host(context.peer() or "")
         try:
             self.slots.acquire(client)
         except ApiError as exc:
             await abort(context, exc)
         return client
 
-    def _wrap(self, behavior: Callable[..., Any], unary_request: bool, streaming: bool
-              ) -> Callable[..., Any] | None:
+    def _wrap(self, method: str, behavior: Callable[..., Any], unary_request: bool,
+              streaming: bool) -> Callable[..., Any] | None:
         slots, admit, take_slot = self.slots, self._admit, self._take_slot
+        authenticate = self._authenticate
 
         if inspect.isasyncgenfunction(behavior):
             async def stream(request: Any, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[Any]:
+                principal = await authenticate(method, context)
                 if unary_request:
                     await admit(request, context)
-                client = await take_slot(context)
+                client = await take_slot(principal, context)
                 responses = behavior(request, context)
                 try:
                     async for response in responses:
@@ -151,11 +177,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
         if inspect.iscoroutinefunction(behavior):
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                principal = await authenticate(method, context)
                 if unary_request:
                     await admit(request, context)
                 if not streaming:
                     return await behavior(request, context)
-                client = await take_slot(context)
+                client = await take_slot(principal, context)
                 try:
                     return await behavior(request, context)
                 finally:

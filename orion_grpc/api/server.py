@@ -25,6 +25,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ from ..observability.metrics import OrionMetrics
 from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
 from ..store.sqlite import SYNC_MODES, open_store
+from .auth import Authenticator, SecurityConfigError, Tokens
 from .event_log import EventLog
 from .event_service import EventServicer, add_event_service
 from .guard import GuardInterceptor
@@ -138,6 +140,21 @@ class ServerConfig:
     max_streams_per_client: int = _opt(
         "most streams (WatchEvents, device Connect, reflection) one client may hold open; a "
         "client is its credential, else its IP address", default=100)
+    # TLS and authentication (docs/operations.md "TLS and authentication"). Tokens are kept
+    # out of repr(): a config may be logged.
+    tls_cert: str = _opt("PEM certificate (chain) of the server: with --tls-key the server "
+                         "speaks TLS only", default="")
+    tls_key: str = _opt("PEM private key of --tls-cert", default="")
+    tls_client_ca: str = _opt(
+        "PEM CA certificate(s): every client and device must present a certificate signed by "
+        "one (mutual TLS); a device's certificate names its device id (its CN)", default="")
+    tokens_file: str = _opt("YAML/JSON file of bearer tokens (role client or device, the "
+                            "device_id of a device token); any token turns authentication on",
+                            default="")
+    client_tokens: str = _opt("comma-separated client tokens (prefer the environment or "
+                              "--tokens-file: flags show in ps)", default="", repr=False)
+    device_tokens: str = _opt("comma-separated DEVICE_ID=TOKEN pairs (prefer the environment "
+                              "or --tokens-file)", default="", repr=False)
     fake_devices: int = _opt("FOR DEMOS AND TESTS ONLY: attach this many in-process simulated "
                              "devices (linux/windows/android)", default=0)
     fake_latency: float = _opt("seconds each simulated device takes per star", default=0.2)
@@ -205,6 +222,10 @@ class ServerConfig:
         for name in ("max_stars", "max_lines", "max_task_data_bytes", "max_streams_per_client"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.fake_devices < 0:
             problems.append("fake_devices must not be negative")
         if self.store_sync not in SYNC_MODES:
@@ -257,6 +278,39 @@ class ServerConfig:
         return cls(**{name: getattr(self, name) for name in ("heartbeat_interval", "lease_ttl")
                       if name in names})
 
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials from the PEM files (None: plaintext); SecurityConfigError if a file
+        cannot be read."""
+        if not self.tls_cert:
+            return None
+        key, cert = _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert")
+        ca = _read_pem(self.tls_client_ca, "--tls-client-ca") if self.tls_client_ca else None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+    def authenticator(self) -> Authenticator:
+        return Authenticator(Tokens.load(self.tokens_file, self.client_tokens,
+                                         self.device_tokens),
+                             device_certificates=bool(self.tls_client_ca))
+
+    def exposure_warnings(self, authenticator: Authenticator | None = None) -> list[str]:
+        """What is missing when the server listens beyond this machine (loopback: nothing)."""
+        host = self.host.strip("[]")
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return []
+        auth = authenticator if authenticator is not None else self.authenticator()
+        missing = [what for what, present in (("TLS", bool(self.tls_cert)),
+                                              ("tokens", auth.required)) if not present]
+        if not missing:
+            return []
+        exposure = {"TLS": "everything on the wire, tokens included, can be read and changed",
+                    "tokens": "anyone who reaches the port can submit orions, edit or cancel "
+                              "them and connect as any device"}
+        return [f"listening on {self.address} without {' and without '.join(missing)}: "
+                + "; ".join(exposure[m] for m in missing) + ". Use --tls-cert/--tls-key and "
+                "--tokens-file (docs/operations.md, 'TLS and authentication'), or listen on "
+                "127.0.0.1"]
+
     def limits(self) -> Limits:
         return Limits(max_stars=self.max_stars, max_lines=self.max_lines,
                       max_task_data_bytes=self.max_task_data_bytes,
@@ -268,6 +322,14 @@ class ServerConfig:
                             device_grace_period=self.device_grace_period,
                             modification_timeout=self.modification_timeout,
                             heartbeat_interval=self.heartbeat_interval)
+
+
+def _read_pem(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as pem:
+            return pem.read()
+    except OSError as exc:
+        raise SecurityConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
@@ -299,6 +361,7 @@ class OrionServer:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.interceptors: list[grpc.aio.ServerInterceptor] = []
         self.stream_slots: StreamSlots | None = None
+        self.exposure_warnings: list[str] = []
         self._engine = engine
         self._server: grpc.aio.Server | None = None
         self._state: ApiState | None = None
@@ -334,6 +397,11 @@ class OrionServer:
 
     async def start(self) -> int:
         config = self.config
+        # Security first: a bad tokens file or certificate stops the start before anything
+        # (a store, a port) is opened.
+        authenticator = config.authenticator()
+        credentials = config.server_credentials()
+        self.exposure_warnings = config.exposure_warnings(authenticator)
         if self._engine is None:
             store = open_store(config.store, sync=config.store_sync) \
                 if config.store not in ("", "none") else None
@@ -376,7 +444,7 @@ class OrionServer:
                         events.latest_sequence + 1)
 
         self.stream_slots = StreamSlots(limits.max_streams_per_client)
-        self.interceptors.append(GuardInterceptor(self.stream_slots))
+        self.interceptors.append(GuardInterceptor(self.stream_slots, authenticator))
         server = grpc.aio.server(interceptors=self.interceptors,
                                  options=config.server_options())
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -394,7 +462,8 @@ class OrionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, [*names, HEALTH_SERVICE_NAME])
 
-        self.port = server.add_insecure_port(config.address)
+        self.port = server.add_secure_port(config.address, credentials) if credentials \
+            else server.add_insecure_port(config.address)
         if not self.port:
             raise RuntimeError(f"could not listen on {config.address}")
         self._server = server
@@ -407,7 +476,12 @@ class OrionServer:
                                                     config.metrics_port)
             await self.metrics_endpoint.start()
             logger.info("metrics on %s", self.metrics_endpoint.url)
-        logger.info("listening on %s:%s (services: %s)", config.host, self.port, ", ".join(names))
+        logger.info("listening on %s:%s (services: %s; %s, %s)", config.host, self.port,
+                    ", ".join(names), "mutual TLS" if config.tls_client_ca else
+                    "TLS" if credentials else "plaintext",
+                    "tokens required" if authenticator.required else "no authentication")
+        for warning in self.exposure_warnings:
+            logger.warning("%s", warning)
         return self.port
 
     async def _attach_fake_devices(self) -> None:
@@ -506,6 +580,8 @@ async def _serve(server: OrionServer, config: ServerConfig) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    for warning in server.exposure_warnings:  # loud: on stderr whatever the log format
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     # Only now say we listen: whoever reads this line may signal us at once.
     print(f"listening on {config.host}:{port}", flush=True)
     if server.metrics_endpoint is not None:

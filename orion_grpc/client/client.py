@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -70,6 +70,7 @@ from ..gen.orion.v1 import (
     task_star_pb2,
 )
 from ..observability.tracing import trace_context_interceptors
+from ..transport import ChannelSecurity
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -191,8 +192,14 @@ class OrionClient:
 
     def __init__(self, target: str | None = None, *, timeout: float = 30.0,
                  run_timeout: float = 24 * 3600.0, channel: grpc.aio.Channel | None = None,
-                 options: list[tuple[str, Any]] | None = None) -> None:
+                 options: list[tuple[str, Any]] | None = None,
+                 security: ChannelSecurity | None = None, token: str | None = None) -> None:
+        """:param security: TLS, client certificate and token (default: from ``ORION_CA``,
+            ``ORION_CERT``, ``ORION_KEY``, ``ORION_TLS``, ``ORION_TOKEN``; none set: plaintext,
+            no token). :param token: the bearer token, overriding ``security``'s."""
         self.target = target or default_target()
+        security = security if security is not None else ChannelSecurity.from_env()
+        self.security = security if token is None else replace(security, token=token)
         self.timeout = timeout
         self.run_timeout = run_timeout
         self._options = options or [("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -206,9 +213,8 @@ class OrionClient:
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:  # created lazily: grpc.aio objects belong to a running loop
             # The interceptor sends the caller's trace context (if any) with every call.
-            self._channel = grpc.aio.insecure_channel(
-                self.target, options=self._options,
-                interceptors=trace_context_interceptors())
+            self._channel = self.security.channel(self.target, self._options,
+                                                  trace_context_interceptors())
         return self._channel
 
     @property

@@ -2,8 +2,10 @@
 orion_grpc.cli).
 
 Scriptable contract: every client command takes ``--server H:P`` (default ``$ORION_SERVER``,
-else 127.0.0.1:50051) and ``--json`` (one JSON document, or one JSON object per line for
-``watch``); ``submit FILE --wait`` and ``watch ORION`` exit 0 only when the orion COMPLETED.
+else 127.0.0.1:50051), TLS and token flags (``--ca``, ``--cert``/``--key``, ``--token``
+or ``$ORION_TOKEN``; ``orion_grpc.transport``) and ``--json`` (one JSON document, or one
+JSON object per line for ``watch``); ``submit FILE --wait`` and ``watch ORION`` exit 0 only
+when the orion COMPLETED.
 Orion and edit files are YAML or JSON in the proto's JSON mapping (``client/files.py``).
 """
 
@@ -28,6 +30,8 @@ from ..gen.orion.v1 import (
     orion_pb2,
     task_star_pb2,
 )
+from ..transport import ChannelSecurity
+from ..transport import add_arguments as add_security_arguments
 from .client import OrionClient, default_target
 from .files import DocumentError, edit_request, read_document, submit_request
 from .graph import add_graph_arguments, cmd_graph
@@ -131,7 +135,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         request.enable_synchronization = True
     if args.request_id:
         request.request_id = args.request_id
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         response = await client._call(client.orchestrator.SubmitOrion, request)
         orion_id = response.orion_id
         if not args.wait:
@@ -160,7 +164,7 @@ def _result_of(event: event_pb2.Event) -> dict[str, Any]:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         status = await client.get_orion_status(args.orion_id)
     if status is None:
         print(f"error: Orion {args.orion_id} not found", file=sys.stderr)
@@ -178,7 +182,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         if args.wait:
             try:
                 devices = await client.wait_for_devices(args.wait)
@@ -203,7 +207,7 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 async def cmd_watch(args: argparse.Namespace) -> int:
     orion_id = args.orion or args.orion_id
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         if orion_id and not (args.json or args.events or args.resume_token):
             progress = await follow_orion(client, orion_id, results=args.results)
             return _exit_code(progress.result())
@@ -230,7 +234,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
         request.expected_version = args.expected_version
     if args.request_id:
         request.request_id = args.request_id
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         response = await client._call(client.synchronizer.EditOrion, request)
     if args.json:
         print(_dump(json_format.MessageToDict(response, preserving_proto_field_name=True)))
@@ -248,7 +252,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    async with OrionClient(args.server, timeout=args.timeout) as client:
+    async with _client(args) as client:
         cancelled = await client.cancel_orion(args.orion_id, args.reason)
     print(_dump({"cancelled": cancelled}) if args.json else
           (f"cancelled {args.orion_id}" if cancelled else f"{args.orion_id} was not running"))
@@ -256,6 +260,7 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..api.auth import SecurityConfigError
     from ..api.server import DEFAULT_STORE, ServerConfig, serve
     from ..observability.logs import setup_logging
     from ..observability.tracing import TracingConfigError
@@ -269,8 +274,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     try:
         asyncio.run(serve(config))
-    except (OSError, TracingConfigError, StoreError) as exc:
-        # e.g. port in use; OTEL_* asks the impossible; another server has the store
+    except (OSError, TracingConfigError, StoreError, SecurityConfigError) as exc:
+        # e.g. port in use; OTEL_* asks the impossible; another server has the store; a
+        # certificate or the tokens file cannot be used
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
@@ -283,6 +289,13 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each call in seconds (default 30)")
+    add_security_arguments(parser)
+
+
+def _client(args: argparse.Namespace) -> OrionClient:
+    """The client a command's flags ask for: server, deadline, TLS and token."""
+    return OrionClient(args.server, timeout=args.timeout,
+                       security=ChannelSecurity.from_args(args))
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -395,6 +408,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                     print(f"error: {exc.message}", file=sys.stderr)
                     for v in exc.violations:
                         print(f"  - {v.field}: {v.description}", file=sys.stderr)
+                return EXIT_ERROR
+            except ValueError as exc:  # after OrionError (a ValueError too): e.g. --ca unreadable
+                print(f"error: {exc}", file=sys.stderr)
                 return EXIT_ERROR
             except KeyboardInterrupt:
                 return EXIT_INTERRUPTED

@@ -34,6 +34,7 @@ from ..core import log_context
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
+from ..transport import token_interceptors
 from .executors import Assignment, Executor, ExecutorError, default_executors
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ class DeviceAgent:
     :param send_progress: stream executors' progress reports to the server.
     :param backoff_initial / backoff_max: reconnect delay bounds (seconds); the delay after
         the n-th consecutive failure is uniform in [0, min(max, initial * 2**(n-1))].
+    :param credentials: TLS channel credentials (``ChannelSecurity.credentials()``: the
+        server's CA, and this device's certificate for mutual TLS); None: plaintext.
+    :param token: this device's bearer token, sent with its stream (servers with
+        authentication accept it only for the device id it names).
     :param tracer: an OpenTelemetry tracer: each assignment then runs in a ``device.execute``
         span, child of the star's span whose context the assignment carries (``orion device``
         passes one when ``OTEL_TRACES_EXPORTER`` asks for tracing). None: no spans at all.
@@ -188,7 +193,7 @@ class DeviceAgent:
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  channel_options: Sequence[tuple[str, Any]] | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
-                 tracer: Any = None) -> None:
+                 tracer: Any = None, token: str | None = None) -> None:
         if not device_id.strip():
             raise ValueError("device_id must be a non-empty string")
         if capacity < 1:
@@ -215,7 +220,8 @@ class DeviceAgent:
         self.backoff_max = backoff_max
         self.channel_options = list(channel_options if channel_options is not None
                                     else DEFAULT_CHANNEL_OPTIONS)
-        self.credentials = credentials
+        self.credentials = credentials  # TLS (ChannelSecurity.credentials()); None: plaintext
+        self.token = token  # bearer token of this device (docs/operations.md)
         self.tracer = tracer  # opentelemetry.trace.Tracer | None
 
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -320,10 +326,13 @@ class DeviceAgent:
 
     async def _run(self) -> None:
         options = self._channel_options()
+        interceptors = token_interceptors(self.token) if self.token else None
         if self.credentials is not None:
-            channel = grpc.aio.secure_channel(self.target, self.credentials, options=options)
+            channel = grpc.aio.secure_channel(self.target, self.credentials, options=options,
+                                              interceptors=interceptors)
         else:
-            channel = grpc.aio.insecure_channel(self.target, options=options)
+            channel = grpc.aio.insecure_channel(self.target, options=options,
+                                                interceptors=interceptors)
         stub = pb_grpc.DeviceServiceStub(channel)
         failures = 0
         try:

@@ -2,6 +2,7 @@
 
     orion device --id build-01 --type linux --capabilities python,docker --capacity 2 \\
         [--server H:P] [--executor sleep] [--allow-shell] [--plugin NAME=module:attr]
+        [--ca PEM [--cert PEM --key PEM]] [--token TOKEN (default $ORION_DEVICE_TOKEN)]
 
 Prints ``device ID connected to H:P (session S)`` on stdout each time a session is welcomed;
 logs go to stderr. SIGINT/SIGTERM drain and stop gracefully (a second signal stops at
@@ -24,7 +25,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .agent import DeviceAgent, DeviceAgentError, default_device_type
+from ..transport import DEVICE_TOKEN_ENV, ChannelSecurity
+from ..transport import add_arguments as add_security_arguments
+from .agent import DEFAULT_CHANNEL_OPTIONS, DeviceAgent, DeviceAgentError, default_device_type
 from .executors import Executor, default_executors
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -63,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         default=os.environ.get("ORION_LOG_FORMAT", "auto"),
                         help="log lines on stderr: auto (JSON lines unless stderr is a "
                              "terminal), json or text [env ORION_LOG_FORMAT]")
+    add_security_arguments(parser, token_env=DEVICE_TOKEN_ENV)
     return parser
 
 
@@ -110,9 +114,12 @@ def agent_from_args(args: argparse.Namespace) -> DeviceAgent:
         name, executor = load_plugin(spec)
         executors[name] = executor
     capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+    security = ChannelSecurity.from_args(args, token_env=DEVICE_TOKEN_ENV)
     return DeviceAgent(args.server, args.device_id, args.device_type, capabilities,
                        args.capacity, executors, default_executor=args.executor,
-                       send_progress=not args.no_progress, backoff_max=args.backoff_max)
+                       send_progress=not args.no_progress, backoff_max=args.backoff_max,
+                       channel_options=[*DEFAULT_CHANNEL_OPTIONS, *security.options()],
+                       credentials=security.credentials(), token=security.token or None)
 
 
 async def _serve(agent: DeviceAgent, drain_timeout: float) -> int:

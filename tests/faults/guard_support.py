@@ -7,6 +7,7 @@ with the generated (synchronous) stubs, and a record of what it accepted.
 - ``World``: the orions the server accepted and what they looked like; ``assert_untouched()``
   after every bad call proves that the call changed nothing.
 - ``rejection(call)``: the status, ErrorInfo and BadRequest of a call that must fail.
+- ``Pki``: a throw-away CA and the certificates of a TLS test (made with ``cryptography``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -220,3 +222,82 @@ def open_streams(stubs: Stubs, count: int) -> Iterator[Any]:
         call = stubs.events.WatchEvents(event_service_pb2.WatchEventsRequest())
         call.initial_metadata()  # the server sends headers once the stream is subscribed
         yield call
+
+
+# ---------------------------------------------------------------------- certificates
+@dataclass
+class Pki:
+    """A throw-away CA and certificates signed by it, as PEM files in ``directory``."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self._ca_key, self._ca_cert = _self_signed("Orion test CA")
+        self.ca = self._write("ca.pem", self._ca_cert)
+
+    def _write(self, name: str, cert: Any, key: Any = None) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        path = self.directory / name
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            path.with_suffix(".key").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        return str(path)
+
+    def issue(self, name: str, common_name: str, *, server: bool = False) -> tuple[str, str]:
+        """(certificate, key) files for ``common_name``; a server certificate names
+        127.0.0.1 and localhost."""
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+                           self._ca_cert.subject, key.public_key())
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        cert = builder.sign(self._ca_key, hashes.SHA256())
+        path = self._write(f"{name}.pem", cert, key)
+        return path, str(Path(path).with_suffix(".key"))
+
+
+def _builder(subject: Any, issuer: Any, public_key: Any) -> Any:
+    import datetime
+
+    from cryptography import x509
+
+    now = datetime.datetime.now(datetime.UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1)))
+
+
+def _self_signed(common_name: str) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (_builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                         crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
