@@ -21,6 +21,8 @@ by message; they keep grpc's own decoding. Errors carry ErrorInfo like every oth
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +36,8 @@ from .errors import ApiError, abort, abort_with, build_status
 from .limits import StreamSlots, json_problems
 
 logger = logging.getLogger(__name__)
+
+_DRAIN_SECONDS = 1.0  # how long a refused client stream may take to send its first message
 
 _BUILDERS = (("unary_unary", grpc.unary_unary_rpc_method_handler),
              ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -86,6 +90,18 @@ def peer_host(peer: str) -> str:
     return peer or "unknown"
 
 
+async def _refuse(context: grpc.aio.ServicerContext, exc: ApiError,
+                  streaming_request: bool) -> None:
+    """End the call with ``exc``'s status. Ending a client stream before reading any of it
+    races with the client's first write: about one refusal in ten then reached the client as
+    INTERNAL ("Internal error from Core") instead of its status. So take (and drop) the first
+    message of a client stream first — briefly: a refused caller holds nothing for long."""
+    if streaming_request:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(context.read(), _DRAIN_SECONDS)
+    await abort(context, exc)
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """See the module docstring. A stream slot is counted for the caller's credential (its
     ``Principal.key``), else for the peer's address."""
@@ -121,15 +137,15 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                          response_serializer=handler.response_serializer)
         return handler
 
-    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext
-                            ) -> Principal | None:
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext,
+                            streaming_request: bool = False) -> Principal | None:
         """Who calls (set as ``current_principal()`` for the handler); aborts the call with
         UNAUTHENTICATED / PERMISSION_DENIED if they may not call ``method``."""
         try:
             principal = self.authenticator.authenticate(
                 method, context.invocation_metadata(), context.auth_context())
         except ApiError as exc:
-            await abort(context, exc)
+            await _refuse(context, exc, streaming_request)
         set_current_principal(principal)
         return principal
 
@@ -145,13 +161,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     + "; ".join(f"{v.field}: {v.description}" for v in problems[:5]),
                     "INVALID_JSON", problems))
 
-    async def _take_slot(self, principal: Principal | None,
-                         context: grpc.aio.ServicerContext) -> str:
+    async def _take_slot(self, principal: Principal | None, context: grpc.aio.ServicerContext,
+                         streaming_request: bool) -> str:
         client = principal.key if principal is not None else peer_host(context.peer() or "")
         try:
             self.slots.acquire(client)
         except ApiError as exc:
-            await abort(context, exc)
+            await _refuse(context, exc, streaming_request)
         return client
 
     def _wrap(self, method: str, behavior: Callable[..., Any], unary_request: bool,
@@ -162,10 +178,10 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behavior):
             async def stream(request: Any, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[Any]:
-                principal = await authenticate(method, context)
+                principal = await authenticate(method, context, not unary_request)
                 if unary_request:
                     await admit(request, context)
-                client = await take_slot(principal, context)
+                client = await take_slot(principal, context, not unary_request)
                 responses = behavior(request, context)
                 try:
                     async for response in responses:
@@ -177,12 +193,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
         if inspect.iscoroutinefunction(behavior):
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                principal = await authenticate(method, context)
+                principal = await authenticate(method, context, not unary_request)
                 if unary_request:
                     await admit(request, context)
                 if not streaming:
                     return await behavior(request, context)
-                client = await take_slot(principal, context)
+                client = await take_slot(principal, context, not unary_request)
                 try:
                     return await behavior(request, context)
                 finally:

@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import MakeServer
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -43,6 +43,7 @@ from orion_grpc.gen.orion.v1 import (
 )
 from orion_grpc.transport import ChannelSecurity, add_arguments
 
+MakeServer = Callable[..., Awaitable[OrionServer]]  # the conftest fixture's type
 CLIENT_TOKEN = "client-token-0123456789"
 OTHER_CLIENT_TOKEN = "client-token-abcdefghij"
 DEVICE_TOKEN = "device-token-0123456789"
