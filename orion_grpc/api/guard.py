@@ -141,9 +141,14 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                             streaming_request: bool = False) -> Principal | None:
         """Who calls (set as ``current_principal()`` for the handler); aborts the call with
         UNAUTHENTICATED / PERMISSION_DENIED if they may not call ``method``."""
+        authenticator = self.authenticator
+        if not authenticator.required and not authenticator.device_certificates:
+            set_current_principal(None)
+            return None  # the default: nothing to check, nothing to read
         try:
-            principal = self.authenticator.authenticate(
-                method, context.invocation_metadata(), context.auth_context())
+            principal = authenticator.authenticate(
+                method, context.invocation_metadata(),
+                context.auth_context() if authenticator.device_certificates else None)
         except ApiError as exc:
             await _refuse(context, exc, streaming_request)
         set_current_principal(principal)

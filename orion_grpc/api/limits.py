@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,8 +157,23 @@ def _key_path(where: str, key: str) -> str:
     return f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]"
 
 
+# Cheap screens on the serialized bytes (C speed), so only suspicious values are walked in
+# Python: a double that is NaN or ±Infinity is the Value.number_value tag 0x11 and 8 bytes
+# whose exponent bits are all set; every level of nesting below the root is a Value with
+# struct_value (tag 0x2a, '*') or list_value (tag 0x32, '2'). Bytes inside strings can only
+# make a value look suspicious, never hide a problem.
+_NON_FINITE = re.compile(rb"\x11[\x00-\xff]{6}[\xf0-\xff][\x7f\xff]", re.S)
+
+
+def _suspicious(raw: bytes) -> bool:
+    return (raw.count(b"*") + raw.count(b"2") >= MAX_JSON_DEPTH
+            or _NON_FINITE.search(raw) is not None)
+
+
 def _json_value_problems(value: Message, where: str, out: list[Violation]) -> None:
     """Check one Struct / Value / ListValue (iteratively: depth is what is being checked)."""
+    if not _suspicious(value.SerializeToString()):
+        return
     stack: list[tuple[Message, str, int]] = [(value, where, 1)]
     while stack and len(out) < MAX_REPORTED:
         msg, path, depth = stack.pop()
@@ -186,6 +202,8 @@ def json_problems(message: Message, where: str = "") -> list[Violation]:
     """Every JSON value inside ``message`` that is not JSON (NaN, Infinity) or nests deeper
     than ``MAX_JSON_DEPTH``; field paths as in the request (``orion.tasks[2].task_data.x``)."""
     out: list[Violation] = []
+    if not _suspicious(message.SerializeToString()):
+        return out
     stack: list[tuple[Message, str]] = [(message, where)]
     while stack and len(out) < MAX_REPORTED:
         msg, path = stack.pop()
@@ -198,8 +216,9 @@ def json_problems(message: Message, where: str = "") -> list[Violation]:
             if fd.message_type.GetOptions().map_entry:
                 stack.extend((item, f"{name}[{key!r}]") for key, item in value.items()
                              if isinstance(item, Message))
-            elif fd.is_repeated:
-                stack.extend((item, f"{name}[{i}]") for i, item in enumerate(value))
+            elif fd.is_repeated:  # screened one by one: a long list is mostly clean
+                stack.extend((item, f"{name}[{i}]") for i, item in enumerate(value)
+                             if _suspicious(item.SerializeToString()))
             elif msg.HasField(fd.name):
                 stack.append((value, name))
     return out

@@ -154,6 +154,15 @@ def test_too_deep_json_is_reported_once_where_it_gets_too_deep() -> None:
     assert problems[0].field == "task.task_data" + ".k" * MAX_JSON_DEPTH
 
 
+def test_strings_that_look_suspicious_to_the_byte_screen_are_still_fine() -> None:
+    """The screen counts '*' and '2' bytes (the nesting tags) and looks for NaN-like bytes;
+    strings full of them are walked and found clean."""
+    task = task_star_pb2.TaskStar(task_id="a")
+    task.task_data.update({"stars": "*" * 50, "twos": "2" * 50,
+                           "nan_like": "\x11" + "\xff" * 8, "n": 2.5})
+    assert json_problems(task) == []
+
+
 def test_json_values_inside_maps_and_lists_of_messages_are_checked() -> None:
     request = manager_service_pb2.RegisterOrionRequest(orion=orion_pb(1))
     request.orion.metadata.fields["m"].number_value = float("nan")
