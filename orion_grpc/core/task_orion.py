@@ -570,18 +570,29 @@ class TaskOrion(JsonSerializable):
                 errors.append(f"Dependency references non-existent target task {dep.to_task_id}")
         return not errors, errors
 
-    def _kahn(self) -> list[str]:
+    def _levels(self) -> list[list[str]]:
+        """Kahn's algorithm level by level (a star's level is one more than its deepest
+        prerequisite's); stars on a cycle are in no level. Concatenated, the levels are the
+        FIFO Kahn order. One pass gives the statistics both the order and the width."""
         indeg = {tid: len(ins) for tid, ins in self._in.items()}
-        queue = deque(tid for tid, d in indeg.items() if d == 0)
-        order: list[str] = []
-        while queue:
-            tid = queue.popleft()
-            order.append(tid)
-            for line in self._out[tid].values():
-                indeg[line.to_task_id] -= 1
-                if indeg[line.to_task_id] == 0:
-                    queue.append(line.to_task_id)
-        return order
+        out = self._out
+        level = [tid for tid, d in indeg.items() if d == 0]
+        levels: list[list[str]] = []
+        while level:
+            levels.append(level)
+            nxt = []
+            for tid in level:
+                for line in out[tid].values():
+                    dst = line._to_task_id
+                    left = indeg[dst] - 1
+                    indeg[dst] = left
+                    if left == 0:
+                        nxt.append(dst)
+            level = nxt
+        return levels
+
+    def _kahn(self) -> list[str]:
+        return [tid for level in self._levels() for tid in level]
 
     def has_cycle(self) -> bool:
         return len(self._kahn()) != len(self._tasks)
@@ -592,22 +603,26 @@ class TaskOrion(JsonSerializable):
             raise ValueError("DAG contains cycles")
         return order
 
-    def _longest(self, weight: dict[str, float]) -> tuple[float, list[str]]:
+    def _longest(self, weight: dict[str, float], order: list[str] | None = None
+                 ) -> tuple[float, list[str]]:
         """Heaviest path by node weights, in one topological pass."""
-        order = self.get_topological_order()
+        if order is None:
+            order = self.get_topological_order()
         best: dict[str, float] = {}
         parent: dict[str, str | None] = {}
+        ins = self._in
         for tid in order:
             w = weight[tid]
             b, p = w, None
-            for line in self._in[tid].values():
-                cand = best[line.from_task_id] + w
+            for line in ins[tid].values():
+                src = line._from_task_id
+                cand = best[src] + w
                 if cand > b:
-                    b, p = cand, line.from_task_id
+                    b, p = cand, src
             best[tid], parent[tid] = b, p
         if not best:
             return 0.0, []
-        end = max(order, key=lambda t: best[t])
+        end = max(order, key=best.__getitem__)
         path: list[str] = []
         node: str | None = end
         while node is not None:
@@ -625,19 +640,7 @@ class TaskOrion(JsonSerializable):
     def get_max_width(self) -> int:
         if not self._tasks:
             return 0
-        indeg = {tid: len(ins) for tid, ins in self._in.items()}
-        level = [tid for tid, d in indeg.items() if d == 0]
-        width = 0
-        while level:
-            width = max(width, len(level))
-            nxt = []
-            for tid in level:
-                for line in self._out[tid].values():
-                    indeg[line.to_task_id] -= 1
-                    if indeg[line.to_task_id] == 0:
-                        nxt.append(line.to_task_id)
-            level = nxt
-        return width
+        return max(len(level) for level in self._levels())
 
     def get_critical_path_length_with_time(self) -> tuple[float, list[str]]:
         """The longest path through COMPLETED stars, by their durations (a failed or
@@ -651,24 +654,35 @@ class TaskOrion(JsonSerializable):
     def get_total_work(self) -> float:
         return sum(t.execution_duration or 0.0 for t in self._tasks.values())
 
-    def get_parallelism_metrics(self) -> dict[str, Any]:
+    def get_parallelism_metrics(self, _order: list[str] | None = None) -> dict[str, Any]:
         if not self._tasks:
             return {"critical_path_length": 0, "total_work": 0, "parallelism_ratio": 0.0,
                     "calculation_mode": "empty", "critical_path_tasks": []}
         if self.is_complete():
-            length, path = self.get_critical_path_length_with_time()
+            length, path = self._longest(
+                {tid: t.execution_duration or 0.0 for tid, t in self._tasks.items()}, _order)
             work: float = self.get_total_work()
             mode = "actual_time"
         else:
-            n, path = self.get_longest_path()
+            n, path = self.get_longest_path() if _order is None else \
+                self._longest(dict.fromkeys(self._tasks, 1.0), _order)
             length, work, mode = float(n), float(len(self._tasks)), "node_count"
         return {"critical_path_length": length, "total_work": work,
                 "parallelism_ratio": work / length if length > 0 else 0.0,
                 "calculation_mode": mode, "critical_path_tasks": path}
 
     def get_statistics(self) -> dict[str, Any]:
-        longest, longest_tasks = self.get_longest_path()
-        metrics = self.get_parallelism_metrics()
+        # One Kahn pass for the order and the width, shared by both path computations.
+        levels = self._levels() if self._tasks else []
+        order = [tid for level in levels for tid in level]
+        if len(order) != len(self._tasks):
+            raise ValueError("DAG contains cycles")
+        if order:
+            count, longest_tasks = self._longest(dict.fromkeys(self._tasks, 1.0), order)
+            longest = int(count)
+        else:
+            longest, longest_tasks = 0, []
+        metrics = self.get_parallelism_metrics(order if order else None)
         return {
             "orion_id": self._orion_id,
             "name": self._name,
@@ -678,7 +692,7 @@ class TaskOrion(JsonSerializable):
             "task_status_counts": {s.value: n for s, n in self._counts.items() if n},
             "longest_path_length": longest,
             "longest_path_tasks": longest_tasks,
-            "max_width": self.get_max_width(),
+            "max_width": max((len(level) for level in levels), default=0),
             "critical_path_length": metrics["critical_path_length"],
             "total_work": metrics["total_work"],
             "parallelism_ratio": metrics["parallelism_ratio"],
