@@ -17,7 +17,6 @@ the round trip.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -54,8 +53,11 @@ from ..core.edits import LINE_FIELDS, TASK_FIELDS
 from ..core.enums import TERMINAL_STATUSES, parse_enum
 from ..core.spec import check_id, check_task_fields, orion_from_spec, validate_spec
 from ..gen.orion.v1 import device_pb2, edit_pb2, orion_pb2, task_star_pb2
+from ..pbjson import fill_struct as _fill_struct
+from ..pbjson import from_struct, from_value
+from ..pbjson import plain as plain  # re-exported: the converters' JSON-native form
+from ..pbjson import set_value as _set_value
 
-MAX_SAFE_INT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ---------------------------------------------------------------------- enum tables
@@ -213,90 +215,6 @@ def _enum_names(enum_name: str, table: Mapping[int, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- scalars and JSON
-def plain(value: Any) -> Any:
-    """A JSON-native copy of ``value`` (what Struct/Value can carry)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
-    if isinstance(value, Enum):
-        return plain(value.value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, BaseException):
-        return str(value)
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return plain(to_dict())
-    return str(value)
-
-
-def _restore_ints(value: Any) -> Any:
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) <= MAX_SAFE_INT:
-            return int(value)
-        return value
-    if isinstance(value, dict):
-        return {k: _restore_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_restore_ints(v) for v in value]
-    return value
-
-
-# Struct / Value are filled and read field by field: json_format's generic ParseDict /
-# MessageToDict cost 4-10x more, and they run for every event, assignment and result.
-def _set_value(msg: struct_pb2.Value, value: Any) -> None:
-    """Set ``msg`` to ``value``; what JSON cannot carry becomes what ``plain`` makes of it."""
-    if value is None:
-        msg.null_value = struct_pb2.NULL_VALUE
-    elif value is True or value is False:
-        msg.bool_value = value
-    elif isinstance(value, str):
-        msg.string_value = value
-    elif isinstance(value, int):
-        msg.number_value = value
-    elif isinstance(value, float) and math.isfinite(value):
-        msg.number_value = value
-    elif isinstance(value, Mapping):
-        struct = msg.struct_value
-        struct.SetInParent()
-        _fill_struct(struct, value)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        values = msg.list_value
-        values.SetInParent()
-        add = values.values.add
-        for item in value:
-            _set_value(add(), item)
-    else:  # Enum, datetime, exception, non-finite float, object with to_dict, ...
-        _set_value(msg, plain(value))
-
-
-def _fill_struct(struct: struct_pb2.Struct, data: Mapping[Any, Any]) -> None:
-    fields = struct.fields
-    for key, value in data.items():
-        _set_value(fields[key if isinstance(key, str) else str(key)], value)
-
-
-def _from_value(msg: struct_pb2.Value) -> Any:
-    kind = msg.WhichOneof("kind")
-    if kind == "string_value":
-        return msg.string_value
-    if kind == "number_value":
-        number = msg.number_value
-        return int(number) if number.is_integer() and abs(number) <= MAX_SAFE_INT else number
-    if kind == "bool_value":
-        return msg.bool_value
-    if kind == "struct_value":
-        return {k: _from_value(v) for k, v in msg.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_from_value(v) for v in msg.list_value.values]
-    return None  # null_value, or no value at all
-
-
 def dict_to_struct(data: Mapping[str, Any] | None, out: struct_pb2.Struct | None = None
                    ) -> struct_pb2.Struct:
     struct = out if out is not None else struct_pb2.Struct()
@@ -306,7 +224,7 @@ def dict_to_struct(data: Mapping[str, Any] | None, out: struct_pb2.Struct | None
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: _from_value(v) for k, v in struct.fields.items()}
+    return from_struct(struct)
 
 
 def value_to_pb(value: Any, out: struct_pb2.Value | None = None) -> struct_pb2.Value:
@@ -316,7 +234,7 @@ def value_to_pb(value: Any, out: struct_pb2.Value | None = None) -> struct_pb2.V
 
 
 def value_from_pb(value: struct_pb2.Value) -> Any:
-    return _from_value(value)
+    return from_value(value)
 
 
 def set_timestamp(field: Timestamp, value: datetime | float | None) -> None:
@@ -334,8 +252,11 @@ def set_timestamp(field: Timestamp, value: datetime | float | None) -> None:
 
 
 def set_epoch(field: Timestamp, seconds: float) -> None:
-    """Fill a Timestamp from epoch seconds kept at microsecond precision (the engine's)."""
-    field.FromMicroseconds(round(seconds * 1e6))
+    """Fill a Timestamp from epoch seconds kept at microsecond precision (the engine's own
+    clock readings: always in Timestamp's range, so the well-known-type checks are skipped)."""
+    whole, micros = divmod(round(seconds * 1e6), 1_000_000)
+    field.seconds = whole
+    field.nanos = micros * 1000
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -355,7 +276,11 @@ def timestamp_to_datetime(ts: Timestamp) -> datetime:
 def set_duration(field: Duration, seconds: float | None) -> None:
     if seconds is None:
         return
-    field.FromNanoseconds(round(seconds * 1e9))
+    nanos = round(seconds * 1e9)
+    if 0 <= nanos < 315_576_000_000 * 10 ** 9:  # the common case, set directly
+        field.seconds, field.nanos = divmod(nanos, 1_000_000_000)
+    else:
+        field.FromNanoseconds(nanos)
 
 
 def duration_seconds(d: Duration) -> float:
@@ -730,7 +655,7 @@ def orion_from_pb(pb: orion_pb2.TaskOrion, field: str = "orion") -> TaskOrion:
     spec = orion_spec_from_pb(pb, field, problems)
     problems.extend(validate_spec(spec), field)
     problems.raise_if_any("Invalid orion", "INVALID_ORION")
-    return orion_from_spec(spec)
+    return orion_from_spec(spec, validated=True)
 
 
 def orion_with_state_from_pb(pb: orion_pb2.TaskOrion, field: str = "orion") -> TaskOrion:

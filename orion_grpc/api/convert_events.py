@@ -19,7 +19,6 @@ from .convert import (
     plain,
     result_from_orion,
     result_to_pb,
-    set_timestamp,
     summary_to_pb,
     task_status_to_pb,
     task_to_pb,
@@ -60,7 +59,8 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     pb = event_pb2.Event(sequence=sequence, resume_token=resume_token,
                          type=EVENT_TYPE_TO_PB.get(event.event_type, 0),
                          source=event.source_id or "")
-    set_timestamp(pb.timestamp, float(event.timestamp))
+    stamp = pb.timestamp  # (set directly: Timestamp.FromNanoseconds checks are Python)
+    stamp.seconds, stamp.nanos = divmod(round(float(event.timestamp) * 1e9), 1_000_000_000)
     data = event.data or {}
     _data_struct(data, pb.data)
     snapshot: orion_pb2.TaskOrion | None = None

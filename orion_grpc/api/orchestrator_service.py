@@ -41,7 +41,7 @@ async def submit_orion(state: ApiState, request: Any) -> TaskOrion:
     spec = orion_spec_from_pb(request.orion, "orion", problems)
     problems.extend(validate_spec(spec), "orion")
     problems.raise_if_any("Invalid orion", "INVALID_ORION")
-    orion = orion_from_spec(spec)
+    orion = orion_from_spec(spec, validated=True)
     metadata = struct_to_dict(request.metadata) if request.HasField("metadata") else {}
     await state.runs.start(orion, dict(request.device_assignments), strategy, metadata,
                            request.enable_synchronization)

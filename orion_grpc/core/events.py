@@ -101,11 +101,9 @@ class IEventObserver(ABC):
     async def on_event(self, event: Event) -> None: ...
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+# The running loop or None, without raising (asyncio's own C helper: offer() asks on every
+# event).
+_running_loop = asyncio._get_running_loop
 
 
 class EventRecorder(IEventObserver):

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SYNCHRONIZER_EVENTS = frozenset({EventType.TASK_COMPLETED, EventType.TASK_FAILED,
+                                 EventType.ORION_STARTED, EventType.ORION_MODIFIED})
+
 
 class RunSuspendedError(UnavailableError):
     """A run was suspended by a shutdown of its engine (with a store): the orion was left as
@@ -109,7 +112,9 @@ class TaskOrionOrchestrator:
 
     def set_modification_synchronizer(self, synchronizer: OrionModificationSynchronizer) -> None:
         self._synchronizer = synchronizer
-        self._event_bus.subscribe(synchronizer)  # idempotent; it must see task completions
+        # Idempotent. Only what it acts on: finished stars, started and modified orions
+        # (every other event would cost a queue hop for nothing).
+        self._event_bus.subscribe(synchronizer, SYNCHRONIZER_EVENTS)
         if self._logger:
             self._logger.info("Modification synchronizer attached to orchestrator")
 

@@ -203,11 +203,15 @@ def validate_spec(spec: dict[str, Any]) -> list[Violation]:
     return problems
 
 
-def orion_from_spec(spec: dict[str, Any]) -> TaskOrion:
-    """Validate then build. Raises InvalidArgumentError listing every problem."""
+def orion_from_spec(spec: dict[str, Any], *, validated: bool = False) -> TaskOrion:
+    """Validate then build. Raises InvalidArgumentError listing every problem.
+
+    ``validated=True``: the caller has just run ``validate_spec`` on this very spec (and
+    refused it if it had problems); skip the second pass.
+    """
     if not isinstance(spec, dict):
         raise InvalidArgumentError("an orion must be a JSON object", "INVALID_ORION")
-    problems = validate_spec(spec)
+    problems = [] if validated else validate_spec(spec)
     if problems:
         raise InvalidArgumentError(
             f"Invalid orion: {len(problems)} problem(s): "

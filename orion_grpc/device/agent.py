@@ -23,7 +23,7 @@ import platform
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..core import log_context
 from ..gen.orion.v1 import device_service_pb2 as pb
 from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
+from ..pbjson import from_struct, set_value
 from ..transport import token_interceptors
 from .executors import Assignment, Executor, ExecutorError, default_executors
 
@@ -96,21 +97,38 @@ def _device_type_enum(name: str) -> int:
             if n != "DEVICE_TYPE_UNSPECIFIED")) from None
 
 
-def _plain_numbers(value: Any) -> Any:
-    """protobuf carries every JSON number as a double: give integral ones back as ``int``."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_numbers(v) for v in value]
-    return value
-
-
 def _to_value(result: Any) -> struct_pb2.Value:
     """A JSON value as ``google.protobuf.Value`` (TypeError/ValueError if it is not JSON)."""
-    return json_format.ParseDict(json.loads(json.dumps(result, allow_nan=False)),
-                                 struct_pb2.Value())
+    msg = struct_pb2.Value()
+    set_value(msg, json.loads(json.dumps(result, allow_nan=False)))
+    return msg
+
+
+class _StarView(Mapping[str, Any]):
+    """``Assignment.star``: the assignment's TaskStar in its JSON mapping, decoded when an
+    executor first looks (most never do; json_format costs ~100 µs per star)."""
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+        self._decoded: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = json_format.MessageToDict(self._message,
+                                                      preserving_proto_field_name=True)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 def _seconds(duration: Any) -> float:
@@ -555,7 +573,7 @@ class DeviceAgent:
         if len(self._running) >= self.capacity:
             return self._reject(session, lease_id, f"capacity: already running "
                                                    f"{len(self._running)}/{self.capacity}")
-        task_data = _plain_numbers(json_format.MessageToDict(msg.task_data))
+        task_data = from_struct(msg.task_data)
         name = task_data.get("executor") or self.default_executor
         executor = self.executors.get(name) if isinstance(name, str) else None
         if executor is None:
@@ -571,8 +589,7 @@ class DeviceAgent:
                 msg.deadline.ToNanoseconds() / 1e9 - self.clock_offset, UTC)
             if msg.HasField("deadline") else None,
             trace_context=dict(msg.trace_context), device_id=self.device_id,
-            star=json_format.MessageToDict(msg.task, preserving_proto_field_name=True)
-            if msg.HasField("task") else {},
+            star=_StarView(msg.task) if msg.HasField("task") else {},
             _progress=self._progress_reporter(lease_id, msg.task_id, msg.attempt))
         session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
         self._running[lease_id] = asyncio.create_task(
