@@ -176,6 +176,8 @@ class EventLog(IEventObserver):
             if journal is not None and seq % 1024 == 0:
                 journal.trim_events(self._entries[0].sequence)
         if journal is not None:
+            if journal.sealed:
+                return entry  # shutting down: not persisted, so never sent either
             journal.event(seq, data)
             batch = journal.pending_batch()
             pending = self._pending
