@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -205,6 +206,30 @@ async def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_when_stdout_closes() -> None:
+    """``orion watch | head -5``: once the reader is gone, stop — also while no event comes
+    (a write would notice, but an idle feed writes nothing and would wait forever). Only
+    for a pipe: epoll reports the closed read end as an error on the write end, which the
+    loop hands to a reader callback; a terminal's fd can be readable for other reasons."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+    except (OSError, ValueError, AttributeError):
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def closed() -> None:
+        loop.remove_reader(fd)
+        if task is not None:
+            task.cancel(BROKEN_PIPE)
+    loop.add_reader(fd, closed)
+
+
+BROKEN_PIPE = "stdout closed"
+
+
 async def cmd_watch(args: argparse.Namespace) -> int:
     orion_id = args.orion or args.orion_id
     async with _client(args) as client:
@@ -212,14 +237,19 @@ async def cmd_watch(args: argparse.Namespace) -> int:
             progress = await follow_orion(client, orion_id, results=args.results)
             return _exit_code(progress.result())
         # The raw feed. With an orion named, replay its past events too (it may have started).
-        async for event in client.watch_events(orion_id,
-                                               include_history=(args.history or bool(orion_id))
-                                               and not args.resume_token,
-                                               resume_token=args.resume_token):
-            print(_event_json(event) if args.json else event_line(event), flush=True)
-            if orion_id and event.type in TERMINAL_EVENTS:
-                completed = event.type == event_pb2.EVENT_TYPE_ORION_COMPLETED
-                return EXIT_OK if completed else EXIT_FAILED
+        _stop_when_stdout_closes()
+        try:
+            async for event in client.watch_events(
+                    orion_id, include_history=(args.history or bool(orion_id))
+                    and not args.resume_token, resume_token=args.resume_token):
+                print(_event_json(event) if args.json else event_line(event), flush=True)
+                if orion_id and event.type in TERMINAL_EVENTS:
+                    completed = event.type == event_pb2.EVENT_TYPE_ORION_COMPLETED
+                    return EXIT_OK if completed else EXIT_FAILED
+        except asyncio.CancelledError as exc:
+            if BROKEN_PIPE in exc.args:
+                raise BrokenPipeError(BROKEN_PIPE) from None  # handled like a failed write
+            raise
     return EXIT_OK
 
 
