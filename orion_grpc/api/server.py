@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import inspect
 import logging
 import os
@@ -554,6 +555,17 @@ def server_from_env(config: ServerConfig, env: Mapping[str, str] | None = None) 
     return OrionServer(config, tracing=Tracing.from_env("orion-server", env))
 
 
+def tune_gc() -> None:
+    """Garbage-collector settings for a long-running server process (``orion serve`` only; an
+    embedded OrionServer leaves its host's settings alone): what start-up built (modules,
+    the restored store) is frozen — never scanned again — and the youngest generation is
+    collected every 20,000 allocations instead of 700, as every star allocates short-lived
+    objects by the dozen. In profiles the collector was 5-15% of the server's CPU."""
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGINT/SIGTERM; the first line printed is ``listening on H:P``."""
     server = server_from_env(config)
@@ -568,6 +580,7 @@ async def serve(config: ServerConfig) -> None:
 
 async def _serve(server: OrionServer, config: ServerConfig) -> None:
     port = await server.start()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

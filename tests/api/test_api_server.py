@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from orion_grpc.api._reflection import reflection_v1_pb2 as v1_pb2
-from orion_grpc.api.server import SERVICE_NAMES, ServerConfig
+from orion_grpc.api.server import SERVICE_NAMES, ServerConfig, tune_gc
 
 ORCHESTRATE = "orion.v1.OrchestratorService.OrchestrateOrion"
 
@@ -163,3 +164,14 @@ def test_a_stale_commented_descriptor_is_not_served(caplog):
         annotated.serialized(task_star_pb2.DESCRIPTOR))
     assert not served.HasField("source_code_info")
     assert "regenerate with scripts/gen_reflection_v1.py" in caplog.text
+
+
+def test_serve_tunes_the_garbage_collector_for_a_long_running_process():
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (20_000, *before[1:])
+        assert gc.get_freeze_count() > 0  # start-up objects are never scanned again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
