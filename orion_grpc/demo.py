@@ -46,6 +46,7 @@ from .core.events import Event
 from .device.executors import Assignment
 from .device.executors import sleep as builtin_sleep
 from .gen.orion.v1 import orion_pb2
+from .transport import SECURITY_ENV
 
 EXAMPLE = "release_pipeline.json"  # packaged copy of examples/release_pipeline.json
 
@@ -131,7 +132,7 @@ class ChildProcess:
         log = tempfile.TemporaryFile(mode="w+b")
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            stderr=log, env={**_plain_env(), "PYTHONUNBUFFERED": "1", **(env or {})})
         return cls(name, proc, log)
 
     @property
@@ -186,6 +187,12 @@ class ChildProcess:
                 await self._drain
         self.log.close()
         return self.proc.returncode  # type: ignore[return-value]
+
+
+def _plain_env() -> dict[str, str]:
+    """This environment without TLS and credential settings: the fleet is a plaintext
+    loopback one, whatever the caller has configured for a real server."""
+    return {k: v for k, v in os.environ.items() if k not in SECURITY_ENV}
 
 
 class LocalFleet:
@@ -269,6 +276,7 @@ async def run_demo(path: str | None, *, latency: float | None = None, flaky: boo
     from .client.client import strategy_pb
     from .client.commands import follow_orion
     from .client.files import orion_from_document, read_document, strategy_name
+    from .transport import ChannelSecurity
 
     out = out or sys.stdout
     document = with_latency(read_document(path or example_path()), latency, flaky)
@@ -306,7 +314,7 @@ async def run_demo(path: str | None, *, latency: float | None = None, flaky: boo
             say(f"  {spec.device_id:<15} {spec.device_type:<8} "
                 f"{', '.join(spec.capabilities):<16} capacity {spec.capacity}  "
                 f"connected (pid {fleet.daemons[spec.device_id].pid})")
-        async with OrionClient(fleet.target, timeout=10) as client:
+        async with OrionClient(fleet.target, timeout=10, security=ChannelSecurity()) as client:
             response = await client._call(client.orchestrator.SubmitOrion, request)
             say(f"submitted {response.orion_id} ({orion.name}): {orion.task_count} stars, "
                 f"{orion.dependency_count} lines ({_line_counts(orion)}), strategy "

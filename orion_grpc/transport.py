@@ -22,6 +22,11 @@ from typing import Any
 import grpc
 
 CLIENT_TOKEN_ENV, DEVICE_TOKEN_ENV = "ORION_TOKEN", "ORION_DEVICE_TOKEN"
+# Every variable that sets TLS or credentials, for the server (ServerConfig) or a client.
+SECURITY_ENV = frozenset({
+    "ORION_TLS_CERT", "ORION_TLS_KEY", "ORION_TLS_CLIENT_CA", "ORION_TOKENS_FILE",
+    "ORION_CLIENT_TOKENS", "ORION_DEVICE_TOKENS", "ORION_CA", "ORION_CERT", "ORION_KEY",
+    "ORION_TLS", "ORION_SERVER_NAME", CLIENT_TOKEN_ENV, DEVICE_TOKEN_ENV})
 
 
 class _Token:

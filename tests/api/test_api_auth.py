@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -322,3 +323,20 @@ async def test_stream_slots_are_counted_per_credential(make_server: MakeServer) 
         assert "client:client-token-1" in info.value.details()
         for call in (first, other):
             call.cancel()
+
+
+def test_the_demo_fleet_ignores_the_callers_tls_and_token_settings(monkeypatch: Any) -> None:
+    """`orion demo` runs its own plaintext loopback fleet: a shell set up for a real
+    server (ORION_CA, ORION_TOKEN, ORION_TOKENS_FILE …) must not leak into it."""
+    from orion_grpc.demo import _plain_env
+    from orion_grpc.transport import SECURITY_ENV
+
+    for name in SECURITY_ENV:
+        monkeypatch.setenv(name, "set-for-a-real-server")
+    monkeypatch.setenv("ORION_LOG_LEVEL", "DEBUG")
+    env = _plain_env()
+    assert not SECURITY_ENV & set(env) and env["ORION_LOG_LEVEL"] == "DEBUG"
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    server_security = {ServerConfig.env_name(n) for n in names
+                       if n.startswith(("tls_", "tokens_")) or n.endswith("_tokens")}
+    assert server_security <= SECURITY_ENV  # a new server setting must be listed too
