@@ -105,6 +105,9 @@ class DeviceLinkConfig:
         session ends, before the stream is closed regardless.
     :param progress_min_interval: at most one TASK_PROGRESS event per lease per this many
         seconds (reports in between are dropped, except the one saying "done", progress 1).
+    :param disconnect_grace: seconds a device whose session ended (its stream closed or broke,
+        or it went silent) keeps its running leases, offline, waiting for it to reconnect and
+        report them; 0 (the default): the device is lost at once and its stars are retried.
     """
 
     heartbeat_interval: float = 10.0
@@ -114,6 +117,7 @@ class DeviceLinkConfig:
     outbound_queue_limit: int = 10_000
     goodbye_timeout: float = 2.0
     progress_min_interval: float = 0.1
+    disconnect_grace: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.heartbeat_interval > 0:
@@ -572,7 +576,12 @@ class DeviceServiceServicer(pb_grpc.DeviceServiceServicer):
             session.detached = True
             logger.info("device %s session %s ended: %s", session.device_id,
                         session.info.session_id, reason)
-            self.devices.device_lost(session.device_id, reason)
+            grace = self.config.disconnect_grace
+            if grace > 0 and not self._closing:
+                # Offline, holding its leases: a reconnect within the grace continues them.
+                self.devices.hold_leases(session.device_id, grace, reason)
+            else:
+                self.devices.device_lost(session.device_id, reason)
 
     # ------------------------------------------------------------------ tasks
     async def _write_loop(self, session: _Session, context: _Context) -> None:

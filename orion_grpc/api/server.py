@@ -133,6 +133,9 @@ class ServerConfig:
     reconnect_grace: float = _opt(
         "seconds a device's running stars stay leased to it after a server restart, waiting "
         "for it to reconnect, before they are retried by the normal rules", default=60.0)
+    disconnect_grace: float = _opt(
+        "seconds a device whose stream ended keeps its running stars, waiting for it to "
+        "reconnect, before it is lost and they are retried (0 = lost at once)", default=0.0)
     # Limits (docs/operations.md "Limits"); a request beyond one is refused, changing nothing.
     max_stars: int = _opt("most stars one orion may have", default=10_000)
     max_lines: int = _opt("most lines (dependencies) one orion may have", default=50_000)
@@ -231,8 +234,8 @@ class ServerConfig:
             problems.append("fake_devices must not be negative")
         if self.store_sync not in SYNC_MODES:
             problems.append(f"store_sync must be one of {', '.join(SYNC_MODES)}")
-        if self.reconnect_grace < 0:
-            problems.append("reconnect_grace must not be negative")
+        if self.reconnect_grace < 0 or self.disconnect_grace < 0:
+            problems.append("reconnect_grace and disconnect_grace must not be negative")
         if self.lease_ttl <= self.heartbeat_interval:
             problems.append(f"lease_ttl ({self.lease_ttl:g}) must exceed heartbeat_interval "
                             f"({self.heartbeat_interval:g}), or every device would be lost")
@@ -276,7 +279,8 @@ class ServerConfig:
         if cls is None:
             return self
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: getattr(self, name) for name in ("heartbeat_interval", "lease_ttl")
+        return cls(**{name: getattr(self, name)
+                      for name in ("heartbeat_interval", "lease_ttl", "disconnect_grace")
                       if name in names})
 
     def server_credentials(self) -> grpc.ServerCredentials | None:

@@ -408,6 +408,40 @@ async def test_the_end_of_the_stream_loses_the_device(harness, how):
     assert not harness.devices.is_online("d1")
 
 
+async def test_with_a_disconnect_grace_a_dropped_device_keeps_its_lease_until_it_returns(
+        harness_factory):
+    harness = await harness_factory(config=DeviceLinkConfig(
+        heartbeat_interval=0.1, lease_ttl=1.0, goodbye_timeout=0.5, disconnect_grace=30.0))
+    dev = harness.raw()
+    await dev.hello("d1")
+    run = single(harness, "t", "d1")
+    a = await dev.expect("assignment")
+    dev.cancel()  # the stream breaks ...
+    await harness.events.wait_for(EventType.DEVICE_DISCONNECTED, device_id="d1")
+    assert harness.devices.is_holding("d1") and harness.devices.get_lease(a.lease_id)
+    # ... and the device comes back, still running the lease: it continues, then finishes.
+    back = harness.raw()
+    await back.hello("d1", running_lease_ids=[a.lease_id])
+    assert not harness.devices.is_holding("d1")
+    back.send(result=result_msg(a, {"v": 2}))
+    assert (await back.expect("result_ack")).accepted
+    assert await asyncio.wait_for(run, WAIT) == {"v": 2}
+
+
+async def test_a_device_not_back_within_the_disconnect_grace_is_lost(harness_factory):
+    harness = await harness_factory(config=DeviceLinkConfig(
+        heartbeat_interval=0.1, lease_ttl=1.0, goodbye_timeout=0.5, disconnect_grace=0.2))
+    dev = harness.raw()
+    await dev.hello("d1")
+    run = single(harness, "t", "d1")
+    await dev.expect("assignment")
+    dev.cancel()
+    with pytest.raises(TaskExecutionError) as err:
+        await asyncio.wait_for(run, WAIT)
+    assert err.value.reason == "device_disconnection"
+    assert "did not come back within 0.2s" in str(err.value)
+
+
 async def test_a_handler_cancelled_twice_still_forgets_its_stream(harness):
     # gRPC may cancel a handler again while it cleans up after the first cancellation (the
     # device dropped its stream); the stream must not stay counted (and referenced) forever.
