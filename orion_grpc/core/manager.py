@@ -60,11 +60,15 @@ class OrionManager:
 
     # ------------------------------------------------------------------ registry
     def register_orion(self, orion: TaskOrion, metadata: dict[str, Any] | None = None) -> str:
+        # The server registers an orion before it starts (so it is visible at once) and the
+        # run registers it again: say so once.
+        is_new = self._orions.get(orion.orion_id) is not orion
         self._orions[orion.orion_id] = orion
         self._orion_metadata[orion.orion_id] = dict(metadata or {})
         if self.journal is not None:
             self.journal.orion_registered(orion, self._orion_metadata[orion.orion_id])
-        self._log(logging.INFO, "Registered orion '%s' (%s)", orion.name, orion.orion_id)
+        if is_new:
+            self._log(logging.INFO, "Registered orion '%s' (%s)", orion.name, orion.orion_id)
         return orion.orion_id
 
     def unregister_orion(self, orion_id: str) -> bool:
