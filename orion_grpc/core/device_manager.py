@@ -260,12 +260,7 @@ class OrionDeviceManager:
         info = self._devices.get(device_id)
         if info is None:
             return
-        self._end_hold(device_id)
-        link = self._links.pop(device_id, None)
-        if link is not None:
-            link.close(reason)
-        was_online = info.is_online
-        info.status = DeviceStatus.DISCONNECTED
+        was_online = self._go_offline(info, reason)
         for lease in list(info.running.values()):
             self._finish(lease, LeaseOutcome(
                 False, error=f"Device {device_id} disconnected: {reason}",
@@ -285,18 +280,23 @@ class OrionDeviceManager:
         info = self._devices.get(device_id)
         if info is None:
             return
-        self._end_hold(device_id)
-        link = self._links.pop(device_id, None)
-        if link is not None:
-            link.close(reason)
-        was_online = info.is_online
-        info.status = DeviceStatus.DISCONNECTED
+        was_online = self._go_offline(info, reason)
         if info.running:
             self._holds[device_id] = asyncio.get_running_loop().call_later(
                 grace, self.device_lost, device_id,
                 f"{reason}; it did not come back within {grace:g}s")
         if was_online:
             self._publish_device(EventType.DEVICE_DISCONNECTED, info)
+
+    def _go_offline(self, info: DeviceInfo, reason: str) -> bool:
+        """Close the device's link and mark it disconnected; True if it was online."""
+        self._end_hold(info.device_id)
+        link = self._links.pop(info.device_id, None)
+        if link is not None:
+            link.close(reason)
+        was_online = info.is_online
+        info.status = DeviceStatus.DISCONNECTED
+        return was_online
 
     def is_holding(self, device_id: str) -> bool:
         """True while an offline device keeps its leases (see ``hold_leases``)."""
