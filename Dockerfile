@@ -33,6 +33,6 @@ VOLUME ["/data"]
 # Logs are JSON lines on stderr (no terminal); --log-format / ORION_LOG_FORMAT changes that.
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('ORION_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["python", "-m", "orion_grpc.healthcheck"]
 ENTRYPOINT ["orion"]
 CMD ["serve"]

@@ -7,13 +7,15 @@ ORION_DEVICE_TOKENS, ORION_DEVICE_TOKEN, ORION_TOKEN), as the docs recommend."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-from e2e_support import Daemon, ServerChild, run_cli_async
+from e2e_support import ROOT, Daemon, ServerChild, child_env, run_cli_async
 from guard_support import Pki, decode
 
 from orion_grpc.client import OrionClient
@@ -195,3 +197,19 @@ async def test_a_bad_security_setup_stops_the_server_with_a_message(pki: Pki) ->
         result = await run_cli_async("serve", "--port", "0", "--store", ":memory:", *args)
         assert result.returncode == 2, result
         assert message in result.stderr, result.stderr
+
+
+async def test_the_container_health_check_speaks_tls(pki: Pki, tls_server: ServerChild) -> None:
+    """`python -m orion_grpc.healthcheck` (the image's HEALTHCHECK) needs no token, and
+    connects with TLS when ORION_CA says so."""
+    port = tls_server.target.rsplit(":", 1)[1]
+
+    async def health(**env: str) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orion_grpc.healthcheck", cwd=ROOT,
+            env=child_env(ORION_PORT=port, **env), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        return await asyncio.wait_for(proc.wait(), WAIT)
+
+    assert await health(ORION_CA=pki.ca) == 0
+    assert await health() == 1  # plaintext against a TLS server
