@@ -70,10 +70,11 @@ class TsDaemon(Child):
         self.device_id = device_id
 
     @classmethod
-    async def start(cls, dist: Path, target: str, device_id: str, *args: str) -> TsDaemon:
+    async def start(cls, dist: Path, target: str, device_id: str, *args: str,
+                    env: dict[str, str] | None = None) -> TsDaemon:
         argv = ["node", str(dist / "bin" / "device-daemon.js"), "--server", target, "--id",
                 device_id, "--backoff-max", "0.2", *args]
-        return cls(await cls._spawn(argv), device_id)
+        return cls(await cls._spawn(argv, env), device_id)
 
     async def connected(self, timeout: float = 20.0) -> str:
         """Its ``device ID connected to …`` line (the first session)."""

@@ -4,6 +4,8 @@
  * and `waitForEnd` (follow it to COMPLETED / FAILED / CANCELLED).
  *
  *   const client = new OrionClient("127.0.0.1:50051");
+ *   // or, to a server with TLS and tokens:
+ *   // new OrionClient("orion.example:50051", { ca: "ca.pem", token: process.env.ORION_TOKEN });
  *   const { orionId } = await client.submit(readOrionFile("orion.json"));
  *   const end = await client.waitForEnd(orionId, (event) => console.log(event.type));
  *   client.close();
@@ -12,7 +14,7 @@ import { readFileSync } from "node:fs";
 
 import { create, fromJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import type { Http2SessionManager } from "@connectrpc/connect-node";
 
 import { type Event, EventType } from "./gen/orion/v1/event_pb.js";
 import { EventService } from "./gen/orion/v1/event_service_pb.js";
@@ -23,6 +25,7 @@ import {
   type SubmitOrionResponse,
 } from "./gen/orion/v1/orchestrator_service_pb.js";
 import { type OrionResult, OrionState, TaskOrionSchema } from "./gen/orion/v1/orion_pb.js";
+import { type SecurityOptions, createOrionTransport } from "./security.js";
 
 /** The events that end an orion. */
 export const TERMINAL_EVENTS: ReadonlySet<EventType> = new Set([
@@ -54,11 +57,17 @@ export class OrionClient {
   readonly events: Client<typeof EventService>;
   private readonly sessionManager: Http2SessionManager;
 
-  /** `target` is the server's "host:port" (plaintext HTTP/2, the gRPC protocol). */
-  constructor(readonly target: string) {
-    const baseUrl = `http://${target}`;
-    this.sessionManager = new Http2SessionManager(baseUrl);
-    const transport = createGrpcTransport({ baseUrl, sessionManager: this.sessionManager });
+  /**
+   * `target` is the server's "host:port". Without `security` the connection is
+   * plaintext HTTP/2 with no token; `security` adds TLS (`ca`, `tls`), a client
+   * certificate (`cert` + `key`) and a bearer token (`token`).
+   */
+  constructor(
+    readonly target: string,
+    security: SecurityOptions = {},
+  ) {
+    const { transport, sessionManager } = createOrionTransport(target, security);
+    this.sessionManager = sessionManager;
     this.orchestrator = createClient(OrchestratorService, transport);
     this.events = createClient(EventService, transport);
   }

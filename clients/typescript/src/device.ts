@@ -11,7 +11,6 @@ import * as os from "node:os";
 import { create, fromJson, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { ValueSchema, timestampDate, timestampFromMs, timestampNow, type Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
   type ConnectRequest,
@@ -28,6 +27,7 @@ import {
 import { DeviceType } from "./gen/orion/v1/task_star_pb.js";
 import { type Assignment, type Executor, ExecutorError, defaultExecutors } from "./executors.js";
 import { MessageQueue } from "./queue.js";
+import { type SecurityOptions, checkSecurity, createOrionTransport } from "./security.js";
 
 export const DAEMON_VERSION = "0.1.0-ts";
 
@@ -54,6 +54,8 @@ export class DeviceStoppedError extends Error {
 export interface DeviceOptions {
   /** The server, "host:port". */
   server: string;
+  /** TLS, a client certificate (mutual TLS: names the device) and a device token (default: plaintext, none). */
+  security?: SecurityOptions;
   deviceId: string;
   deviceType: DeviceType;
   capabilities?: string[];
@@ -127,6 +129,7 @@ export class DeviceDaemon {
 
   constructor(options: DeviceOptions) {
     if (!options.deviceId) throw new Error("a device needs an id");
+    checkSecurity(options.security ?? {}); // bad files fail here, not on every reconnect
     this.options = options;
     this.deviceId = options.deviceId;
     this.target = options.server;
@@ -181,9 +184,11 @@ export class DeviceDaemon {
   private async run(): Promise<void> {
     // One HTTP/2 connection per daemon; keepalive pings let it notice a dead
     // server (the protocol has no server -> device heartbeat).
-    const baseUrl = `http://${this.target}`;
-    const sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs: 30_000, pingTimeoutMs: 10_000 });
-    const client = createClient(DeviceService, createGrpcTransport({ baseUrl, sessionManager }));
+    const { transport, sessionManager } = createOrionTransport(this.target, this.options.security, {
+      pingIntervalMs: 30_000,
+      pingTimeoutMs: 10_000,
+    });
+    const client = createClient(DeviceService, transport);
     let failures = 0;
     try {
       while (!this.stopping) {

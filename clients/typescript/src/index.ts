@@ -3,3 +3,4 @@ export * from "./client.js";
 export * from "./device.js";
 export * from "./executors.js";
 export { MessageQueue } from "./queue.js";
+export * from "./security.js";

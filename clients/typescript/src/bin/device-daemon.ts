@@ -4,6 +4,7 @@
  *
  *   node dist/bin/device-daemon.js --id ts-01 --type linux --capabilities node \
  *       [--server H:P] [--capacity N] [--executor sleep] [--drain-timeout S]
+ *       [--ca ca.pem] [--cert ts-01.pem --key ts-01.key] [--token T]
  *
  * Connects over DeviceService.Connect, registers, runs the stars it is sent
  * with the built-in executors (echo, sleep) and returns their results. Prints
@@ -11,17 +12,22 @@
  * welcomed; logs go to stderr. SIGINT/SIGTERM drain and stop gracefully (a
  * second signal stops at once). Exit status: 0 after a graceful stop, 3 when
  * the server refused the device or another session took over its id, 2 on bad
- * arguments. Same options and output as `orion device`.
+ * arguments. Same options and output as `orion device`: TLS with `--ca` (or
+ * `--tls`), a client certificate for mutual TLS with `--cert`/`--key`, a device
+ * token with `--token` or ORION_DEVICE_TOKEN (ORION_CA, ORION_CERT, ORION_KEY,
+ * ORION_TLS and ORION_SERVER_NAME likewise).
  */
 import * as os from "node:os";
 import { parseArgs } from "node:util";
 
 import { DeviceDaemon, DeviceStoppedError, parseDeviceType } from "../device.js";
 import { defaultExecutors } from "../executors.js";
+import { SECURITY_USAGE, securityArgs, securityFromArgs } from "../security.js";
 
 const USAGE = `usage: device-daemon [--server H:P] [--id ID] [--type linux|windows|macos|android|ios|web|api]
                      [--capabilities a,b] [--capacity N] [--executor NAME] [--drain-timeout S]
-                     [--backoff-max S] [--no-progress]`;
+                     [--backoff-max S] [--no-progress]
+                     ${SECURITY_USAGE}`;
 
 function main(): Promise<number> | number {
   let daemon: DeviceDaemon;
@@ -39,6 +45,7 @@ function main(): Promise<number> | number {
         "backoff-max": { type: "string", default: "30" },
         "no-progress": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
+        ...securityArgs("ORION_DEVICE_TOKEN"),
       },
       strict: true,
     });
@@ -53,6 +60,7 @@ function main(): Promise<number> | number {
     if (!(drainTimeoutMs >= 0) || !(backoffMaxMs >= 0)) throw new Error("--drain-timeout and --backoff-max are seconds >= 0");
     daemon = new DeviceDaemon({
       server: values.server!,
+      security: securityFromArgs(values),
       deviceId: values.id!,
       deviceType: parseDeviceType(values.type!),
       capabilities: values.capabilities!.split(",").map((c) => c.trim()).filter((c) => c),

@@ -3,8 +3,11 @@
  * Submits an orion file and follows its events until it ends (the example of
  * the OrionClient wrapper):
  *
- *   node dist/bin/submit.js [--server H:P] [--strategy capability_match] FILE.json
+ *   node dist/bin/submit.js [--server H:P] [--strategy capability_match]
+ *       [--ca ca.pem] [--token T] FILE.json
  *
+ * TLS with `--ca` (or `--tls`), a client certificate with `--cert`/`--key`, a
+ * client token with `--token` or ORION_TOKEN (ORION_CA & co. likewise).
  * Prints one line per event, then each star's result; exits 0 only if the
  * orion COMPLETED (1 if it failed or was cancelled, 2 on any other error).
  */
@@ -13,6 +16,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { parseArgs } from "node:util";
 
 import { OrionClient, readOrionFile } from "../client.js";
+import { SECURITY_USAGE, securityArgs, securityFromArgs } from "../security.js";
 import { type Event, EventType } from "../gen/orion/v1/event_pb.js";
 import { AssignmentStrategy, OrionState } from "../gen/orion/v1/orion_pb.js";
 
@@ -30,11 +34,12 @@ async function main(): Promise<number> {
     options: {
       server: { type: "string", default: process.env.ORION_SERVER || "127.0.0.1:50051" },
       strategy: { type: "string" },
+      ...securityArgs("ORION_TOKEN"),
     },
     allowPositionals: true,
   });
   if (positionals.length !== 1) {
-    console.error("usage: submit [--server H:P] [--strategy round_robin|capability_match|load_balance] FILE.json");
+    console.error(`usage: submit [--server H:P] [--strategy round_robin|capability_match|load_balance]\n              ${SECURITY_USAGE} FILE.json`);
     return 2;
   }
   const request = readOrionFile(positionals[0]);
@@ -43,7 +48,7 @@ async function main(): Promise<number> {
     if (!strategy) throw new Error(`unknown strategy ${values.strategy}`);
     request.assignmentStrategy = strategy;
   }
-  const client = new OrionClient(values.server!);
+  const client = new OrionClient(values.server!, securityFromArgs(values));
   try {
     const submitted = await client.submit(request);
     console.log(`submitted ${submitted.orionId}: ${submitted.orion?.tasks.length ?? 0} stars`);

@@ -1,17 +1,25 @@
 // Command orion-submit submits an orion to an Orion server and streams its
 // events until it ends: the Go example of the clients generated from proto/.
 //
-//	orion-submit [-server H:P] [-strategy capability_match] [-timeout 5m] FILE.json
+//	orion-submit [-server H:P] [-strategy capability_match] [-timeout 5m]
+//	             [-ca ca.pem] [-cert ci.pem -key ci.key] [-token T] FILE.json
 //
 // FILE is an orion file in the proto JSON mapping: a SubmitOrionRequest
 // ({"orion": {...}, "assignmentStrategy": ...}) or just its TaskOrion (as in
 // examples/*.json). It prints one line per event, then the orion's final state
 // and each star's result, and exits 0 only if the orion COMPLETED (1 if it
 // failed or was cancelled, 2 on any other error).
+//
+// Like the orion commands: -ca (or -tls) dials with TLS, -cert/-key add a
+// client certificate (mutual TLS), and -token (default $ORION_TOKEN) is sent
+// as "authorization: Bearer <token>" metadata on every call; with none of
+// them, plaintext and no token (a server on loopback without authentication).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +30,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	orionv1 "orion/gen/orion/v1"
@@ -46,6 +56,17 @@ func run() int {
 	strategy := flag.String("strategy", "", "assignment strategy for stars without a device: "+
 		"round_robin, capability_match or load_balance (default: the file's)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	var security security
+	flag.StringVar(&security.ca, "ca", os.Getenv("ORION_CA"),
+		"PEM file of the CA that signed the server's certificate: dial with TLS (default $ORION_CA)")
+	flag.StringVar(&security.cert, "cert", os.Getenv("ORION_CERT"),
+		"client certificate (PEM) for mutual TLS, with -key (default $ORION_CERT)")
+	flag.StringVar(&security.key, "key", os.Getenv("ORION_KEY"), "its key (default $ORION_KEY)")
+	flag.BoolVar(&security.tls, "tls", os.Getenv("ORION_TLS") == "1" || os.Getenv("ORION_TLS") == "true",
+		"dial with TLS trusting the system's CAs (default $ORION_TLS)")
+	flag.StringVar(&security.serverName, "server-name", os.Getenv("ORION_SERVER_NAME"),
+		"the name the server's certificate must carry, if not the host dialled (default $ORION_SERVER_NAME)")
+	token := flag.String("token", os.Getenv("ORION_TOKEN"), "client token, sent as a bearer token (default $ORION_TOKEN)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s [flags] FILE.json\n", os.Args[0])
 		flag.PrintDefaults()
@@ -60,6 +81,10 @@ func run() int {
 	if err == nil && *strategy != "" {
 		err = setStrategy(request, *strategy)
 	}
+	var transport grpc.DialOption
+	if err == nil {
+		transport, err = security.dialOption()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return exitError
@@ -67,7 +92,10 @@ func run() int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, *server, grpc.WithInsecure())
+	if *token != "" { // every call made with ctx carries it
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*token)
+	}
+	conn, err := grpc.DialContext(ctx, *server, transport)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error: connecting to", *server+":", err)
 		return exitError
@@ -83,6 +111,42 @@ func run() int {
 		return exitCompleted
 	}
 	return exitFailed
+}
+
+// security is how the channel is dialled: TLS, a client certificate.
+type security struct {
+	ca, cert, key, serverName string
+	tls                       bool
+}
+
+// dialOption is plaintext with no setting, TLS with -ca, -tls or -cert; an
+// error names the flag whose file cannot be used.
+func (s security) dialOption() (grpc.DialOption, error) {
+	if s.ca == "" && s.cert == "" && s.key == "" && !s.tls {
+		return grpc.WithInsecure(), nil
+	}
+	config := &tls.Config{ServerName: s.serverName, MinVersion: tls.VersionTLS12}
+	if s.ca != "" {
+		pem, err := os.ReadFile(s.ca)
+		if err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+		config.RootCAs = x509.NewCertPool()
+		if !config.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificate in it", s.ca)
+		}
+	}
+	if (s.cert == "") != (s.key == "") {
+		return nil, errors.New("a client certificate needs its key: give both -cert and -key")
+	}
+	if s.cert != "" {
+		pair, err := tls.LoadX509KeyPair(s.cert, s.key)
+		if err != nil {
+			return nil, fmt.Errorf("-cert/-key: %w", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
 }
 
 // readRequest reads FILE as a SubmitOrionRequest, or as a bare TaskOrion.
