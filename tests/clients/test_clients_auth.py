@@ -16,7 +16,7 @@ from clients_support import Child, TsDaemon
 from e2e_support import ServerChild
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from guard_support import Pki  # noqa: E402 (tests/faults is not a package)
+from guard_support import Pki  # tests/faults is not a package
 
 pytestmark = [pytest.mark.timeout(300),  # includes the session's first builds
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
