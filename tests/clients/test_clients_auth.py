@@ -1,7 +1,8 @@
-"""The TypeScript device daemon and the Go client against a server with TLS and tokens (and
-one with mutual TLS): real processes, certificates made at test time (tests/faults'
-``Pki``), tokens passed the way the docs say (``ORION_DEVICE_TOKEN`` for the daemon,
-``-token`` for the Go example). Without its token the Go client is refused, UNAUTHENTICATED.
+"""The TypeScript device daemon, the Go client and the TypeScript one against a server with
+TLS and tokens (and one with mutual TLS): real processes, certificates made at test time
+(tests/faults' ``Pki``), tokens passed the way the docs say (``ORION_DEVICE_TOKEN`` for the
+daemon, ``-token`` / ``ORION_TOKEN`` for the clients). Without its token the Go client is
+refused, UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ async def test_ts_device_and_go_client_with_tls_and_tokens(
     assert "orion over_tls COMPLETED: 1 stars" in go.stdout()
     result = next(line for line in go.stdout().splitlines() if line.startswith("result hello "))
     assert json.loads(result.split(" ", 2)[2])["device_id"] == "ts-1"
+
+    # The OrionClient wrapper (submit.js), its client token from ORION_TOKEN.
+    ts_submit = Child(await Child._spawn(
+        ["node", str(ts_dist / "bin" / "submit.js"), "--server", server.target, "--ca", pki.ca,
+         one_star_file(tmp_path, "from_ts", "ts-1")], {"ORION_TOKEN": CLIENT_TOKEN}), "submit.js")
+    children.append(ts_submit)
+    assert await ts_submit.exit_code(WAIT) == 0, ts_submit.stdout() + ts_submit.stderr()
+    assert "orion from_ts COMPLETED: 1 stars" in ts_submit.stdout()
 
     # Without a token: refused before anything is accepted, exit 2, the status named.
     go = await go_run(children, go_submit, "-server", server.target, "-ca", pki.ca,
