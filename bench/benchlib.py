@@ -70,12 +70,18 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+# Limits a benchmark server lifts: simulated devices and watchers all come from one loopback
+# address (one "client" to --max-streams-per-client), and orions may exceed the default size.
+BENCH_LIMITS = ("--max-streams-per-client", "1000000", "--max-stars", "1000000",
+                "--max-lines", "10000000")
+
+
 def server_argv(*extra: str) -> list[str]:
     """``orion serve`` on a free loopback port, quiet, with long heartbeats (benchmark device
     simulators do not heartbeat; results and assignments are signs of life anyway)."""
     return [sys.executable, "-m", "orion_grpc.cli", "serve", "--host", "127.0.0.1", "--port",
             "0", "--log-level", "WARNING", "--heartbeat-interval", "600", "--lease-ttl", "3600",
-            *extra]
+            *BENCH_LIMITS, *extra]
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -69,7 +69,8 @@ async def run_orion(shapes: list[str], stars: int, workers: int, capacity: int
                     ) -> dict[str, float]:
     specs = [DeviceSpec(f"worker-{i}", "linux", ("bench",), capacity) for i in range(workers)]
     seconds = {}
-    async with LocalFleet(specs, server_args=["--store", "none", "--event-retention",
+    async with LocalFleet(specs, server_args=["--store", "none", *benchlib.BENCH_LIMITS,
+                                              "--event-retention",
                                               str(max(50_000, 4 * stars))]) as fleet, \
             OrionClient(fleet.target, timeout=600) as client:
         await client.wait_ready()
