@@ -23,6 +23,11 @@ from .task_star_line import TaskStarLine
 TASK_KEYS = {"task_id", "name", "description", "tips", "target_device_id", "device_type",
              "priority", "timeout", "retry_count", "task_data", "expected_output_type",
              "required_capabilities"}
+# What a star of a whole-orion spec may carry: its definition and (snapshots) its state.
+_SPEC_TASK_KEYS = frozenset(TASK_KEYS | {
+    "status", "result", "error", "current_retry", "task_description", "created_at",
+    "updated_at", "execution_start_time", "execution_end_time", "execution_duration",
+    "dependencies", "dependents"})
 LINE_KEYS = {"line_id", "from_task_id", "to_task_id", "dependency_type",
              "condition_description", "condition", "metadata"}
 
@@ -115,12 +120,8 @@ def validate_spec(spec: dict[str, Any]) -> list[Violation]:
         if not isinstance(t, dict):
             problems.append(Violation(where, "must be an object", "INVALID_FIELD"))
             continue
-        unknown = sorted(set(t) - TASK_KEYS - {"status", "result", "error", "current_retry",
-                                              "task_description", "created_at", "updated_at",
-                                              "execution_start_time", "execution_end_time",
-                                              "execution_duration", "dependencies",
-                                              "dependents"})
-        if unknown:
+        if not _SPEC_TASK_KEYS.issuperset(t):
+            unknown = sorted(set(t) - _SPEC_TASK_KEYS)
             problems.append(Violation(where, f"unknown field(s) {unknown}", "UNKNOWN_FIELD"))
         tid = t.get("task_id")
         if not isinstance(tid, str) or not tid:

@@ -39,6 +39,11 @@ def to_timestamp(value: str | datetime | float | None) -> float | None:
     return value.timestamp()
 
 
+# Keys of a TaskStar dict that carry runtime state (from_dict restores them).
+_STATE_KEYS = frozenset({"status", "result", "error", "current_retry", "created_at",
+                         "updated_at", "execution_start_time", "execution_end_time"})
+
+
 class TaskFailure(Exception):
     """Why an attempt failed; ``reason`` is machine-readable (timeout, device_disconnection, …)."""
 
@@ -490,6 +495,8 @@ class TaskStar(JsonSerializable):
             expected_output_type=data.get("expected_output_type"),
             required_capabilities=data.get("required_capabilities"),
         )
+        if _STATE_KEYS.isdisjoint(data):
+            return task  # a definition only (a new star): nothing to restore
         status = parse_enum(TaskStatus, data.get("status"), TaskStatus.PENDING)
         error = TaskFailure(data["error"], data.get("error_reason") or "task_error") \
             if data.get("error") else None
