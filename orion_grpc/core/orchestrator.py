@@ -3,18 +3,17 @@
 One ``_Run`` per orion being orchestrated. The scheduler is event driven: lease completions,
 freed device slots and orion edits set a wake-up flag, and the run loop then does all the
 work that became possible (so a burst of completions costs one loop turn, not one each).
-Ready stars wait in one priority heap per device; a device never holds more than its
+Ready stars wait in one priority queue per device; a device never holds more than its
 capacity. Nothing polls and nothing sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from .device_manager import (
     LeaseOutcome,
     OrionDeviceManager,
 )
-from .enums import MODIFIABLE_STATUSES, OrionState, TaskStatus
+from .enums import MODIFIABLE_STATUSES, OrionState, TaskPriority, TaskStatus
 from .errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -364,6 +363,46 @@ class TaskOrionOrchestrator:
                                new_ready_tasks=new_ready))
 
 
+class _ReadyQueue:
+    """One device's ready stars: highest priority first, FIFO within a priority.
+
+    A lane (deque) per TaskPriority level: O(1) push and pop, where a heap of 10^5 ready stars
+    cost O(log n) tuple comparisons per star.
+    """
+
+    __slots__ = ("_lanes", "_size")
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[TaskStar], ...] = tuple(deque() for _ in _PRIORITY_LANES)
+        self._size = 0
+
+    def push(self, task: TaskStar) -> None:
+        self._lanes[_PRIORITY_LANES[task.priority]].append(task)
+        self._size += 1
+
+    def pop(self) -> TaskStar:
+        for lane in self._lanes:
+            if lane:
+                self._size -= 1
+                return lane.popleft()
+        raise IndexError("pop from an empty ready queue")
+
+    def drain(self) -> list[TaskStar]:
+        """Every queued star, in dispatch order; the queue is left empty."""
+        tasks = [task for lane in self._lanes for task in lane]
+        for lane in self._lanes:
+            lane.clear()
+        self._size = 0
+        return tasks
+
+    def __len__(self) -> int:
+        return self._size
+
+
+# Lane of each priority in a _ReadyQueue: the highest first.
+_PRIORITY_LANES = {p: i for i, p in enumerate(sorted(TaskPriority, key=lambda p: -p.value))}
+
+
 class _Run:
     """The scheduling state of one orion being orchestrated."""
 
@@ -379,10 +418,9 @@ class _Run:
         self.dm = orch._require_device_manager()
         self.strategy = strategy
         self.metadata = metadata
-        self.heaps: dict[str, list[tuple[int, int, TaskStar]]] = {}
+        self.heaps: dict[str, _ReadyQueue] = {}  # device id -> its ready stars
         # star id -> time.monotonic() it was queued for its device (-> Lease.queue_wait)
         self.queued: dict[str, float] = {}
-        self.seq = itertools.count()
         self.leases: dict[str, Lease] = {}
         self.backoff: dict[str, asyncio.TimerHandle] = {}
         self.offline_since: dict[str, float] = {}
@@ -545,8 +583,8 @@ class _Run:
         self.queued[task.task_id] = time.monotonic() if since is None else since
         heap = self.heaps.get(device_id)
         if heap is None:
-            heap = self.heaps[device_id] = []
-        heapq.heappush(heap, (-task.priority.value, next(self.seq), task))
+            heap = self.heaps[device_id] = _ReadyQueue()
+        heap.push(task)
 
     def _pump(self) -> None:
         dm, orion = self.dm, self.orion
@@ -563,7 +601,7 @@ class _Run:
                         self._device_offline(device_id, heap)
                     break
                 self.offline_since.pop(device_id, None)
-                task = heapq.heappop(heap)[2]
+                task = heap.pop()
                 since = self.queued.pop(task.task_id, None)
                 if not orion.is_dispatchable(task):
                     continue  # edited away, blocked again, or cancelled while queued
@@ -643,7 +681,7 @@ class _Run:
             self.orch._publish_task(EventType.TASK_CANCELLED, task, self.orion)
 
     # ------------------------------------------------------------------ device loss
-    def _device_offline(self, device_id: str, heap: list[tuple[int, int, TaskStar]]) -> None:
+    def _device_offline(self, device_id: str, heap: _ReadyQueue) -> None:
         """Ready stars wait ``device_grace_period`` for their device, then move or fail."""
         now = time.monotonic()
         since = self.offline_since.setdefault(device_id, now)
@@ -653,8 +691,7 @@ class _Run:
                 self.grace_timers[device_id] = asyncio.get_running_loop().call_later(
                     grace - (now - since), self._grace_over, device_id)
             return
-        stranded = [entry[2] for entry in heap]
-        heap.clear()
+        stranded = heap.drain()
         for task in stranded:
             since = self.queued.pop(task.task_id, None)
             if not self.orion.is_dispatchable(task):
