@@ -159,6 +159,11 @@ class _Session:
         accepts batches (several results finished in one loop turn: one write)."""
         outbound = self.outbound
         while (msg := await outbound.get()) is not None:
+            if self.batches:
+                # One more loop turn before writing: the assignments that queued this ack
+                # also started their executors, whose results (instant for quick ones) then
+                # go in the same write.
+                await asyncio.sleep(0)
             if not self.batches or outbound.empty():
                 yield msg
                 continue
@@ -643,8 +648,9 @@ class DeviceAgent:
         finally:  # cancelled (lease cancel / shutdown): no result, CancelledError propagates
             self._running.pop(assignment.lease_id, None)
             self._notify()
-        result.started_at.FromNanoseconds(int(started * 1e9))
-        result.finished_at.GetCurrentTime()
+        # (seconds/nanos set directly: the Timestamp helpers go through datetime)
+        result.started_at.seconds, result.started_at.nanos = divmod(int(started * 1e9), 10 ** 9)
+        result.finished_at.seconds, result.finished_at.nanos = divmod(time.time_ns(), 10 ** 9)
         self.completed += 1
         self._pending[assignment.lease_id] = result
         session = self._session
