@@ -98,8 +98,6 @@ def _task_event(event: TaskEvent, data: Mapping[str, Any], pb: event_pb2.Event) 
     payload = pb.task
     payload.task_id = event.task_id
     payload.status = task_status_to_pb(event.status)
-    if event.result is not None:
-        value_to_pb(event.result, payload.result)
     if event.error:
         payload.error = str(event.error)
     payload.newly_ready_task_ids.extend(data.get("newly_ready_tasks") or [])
@@ -115,15 +113,21 @@ def _task_event(event: TaskEvent, data: Mapping[str, Any], pb: event_pb2.Event) 
     if isinstance(progress, (int, float)):
         payload.progress = float(progress)
     payload.progress_message = str(data.get("progress_message") or data.get("message") or "")
+    snapshot = payload.snapshot
     if task is not None:
-        task_to_pb(task, pb.orion_id or None, payload.snapshot)
-        payload.snapshot.status = payload.status  # as of the event
+        task_to_pb(task, pb.orion_id or None, snapshot)
+        snapshot.status = payload.status  # as of the event
         if event.status and _by_value(type(task.status), event.status) is not task.status:
-            payload.snapshot.ClearField("result")
+            snapshot.ClearField("result")
             if event.result is not None:
-                value_to_pb(event.result, payload.snapshot.result)
-            payload.snapshot.error = payload.error
-            payload.snapshot.is_terminal = event.status in ("completed", "failed", "cancelled")
+                value_to_pb(event.result, snapshot.result)
+            snapshot.error = payload.error
+            snapshot.is_terminal = event.status in ("completed", "failed", "cancelled")
+    if event.result is not None:
+        if task is not None and event.result is task.result and snapshot.HasField("result"):
+            payload.result.CopyFrom(snapshot.result)  # the same value, encoded once
+        else:
+            value_to_pb(event.result, payload.result)
 
 
 def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event,
