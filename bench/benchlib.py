@@ -181,12 +181,9 @@ class Proc:
         self.proc.stdin.write(text.encode() + b"\n")
 
     def tail(self, lines: int = 20) -> str:
-        try:
-            self.log.seek(0)
-            text = self.log.read().decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
-        return ("\n  " + "\n  ".join(text.splitlines()[-lines:])) if text else ""
+        from orion_grpc.demo import log_tail  # not at the top: peer_run.py runs without Orion
+
+        return log_tail(self.log, lines)
 
     async def stop(self, timeout: float = 10.0) -> int:
         import asyncio

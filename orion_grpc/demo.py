@@ -116,6 +116,16 @@ def orion_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "orion_grpc.cli", *args]
 
 
+def log_tail(log: Any, lines: int = 15) -> str:
+    """The last ``lines`` of a child's log file, indented for an error message ("" if none)."""
+    try:
+        log.seek(0)
+        text = log.read().decode(errors="replace").strip()
+    except (OSError, ValueError):
+        return ""
+    return ("\n  " + "\n  ".join(text.splitlines()[-lines:])) if text else ""
+
+
 class ChildProcess:
     """A subprocess whose stdout is read line by line and whose stderr goes to a log file."""
 
@@ -163,12 +173,7 @@ class ChildProcess:
             pass
 
     def stderr_tail(self, lines: int = 15) -> str:
-        try:
-            self.log.seek(0)
-            text = self.log.read().decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
-        return ("\n  " + "\n  ".join(text.splitlines()[-lines:])) if text else ""
+        return log_tail(self.log, lines)
 
     async def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
         """``sig`` (graceful), then SIGKILL if it has not exited after ``timeout``."""
