@@ -310,7 +310,7 @@ def error_reason(error: Any) -> str:
     return reason if isinstance(reason, str) else ""
 
 
-def _task_definition_bytes(task: TaskStar, orion_id: str | None) -> bytes:
+def task_definition_bytes(task: TaskStar, orion_id: str | None) -> bytes:
     """The star's definition (what only an edit changes) encoded once per revision: events
     and assignments carry a full snapshot of a star several times in its life."""
     cache = task._wire_cache
@@ -341,29 +341,39 @@ def _task_definition_bytes(task: TaskStar, orion_id: str | None) -> bytes:
 def task_to_pb(task: TaskStar, orion_id: str | None = None,
                out: task_star_pb2.TaskStar | None = None) -> task_star_pb2.TaskStar:
     pb = out if out is not None else task_star_pb2.TaskStar()
-    pb.MergeFromString(_task_definition_bytes(task, orion_id))
+    pb.MergeFromString(task_definition_bytes(task, orion_id))
     status = task.status
-    pb.status = TASK_STATUS_TO_PB[status]
     result = task.result
     if result is not None or status is TaskStatus.COMPLETED:
         _set_value(pb.result, result)
     error = task.error
-    if error is not None:
-        pb.error = str(error)
-        pb.error_reason = error_reason(error)
-    pb.current_retry = task.current_retry
-    created, updated, started, ended = task.epoch_times()
+    fill_task_state(pb, TASK_STATUS_TO_PB[status], "" if error is None else str(error),
+                    error_reason(error), task.current_retry, task.epoch_times(),
+                    task.execution_duration, status in TERMINAL_STATUSES)
+    return pb
+
+
+def fill_task_state(pb: task_star_pb2.TaskStar, status: int, error: str, reason: str,
+                    current_retry: int, times: tuple[float, float, float | None, float | None],
+                    duration: float | None, is_terminal: bool) -> None:
+    """A star's runtime fields but its result (``times``: ``TaskStar.epoch_times()``)."""
+    pb.status = status
+    if error:
+        pb.error = error
+    if reason:
+        pb.error_reason = reason
+    pb.current_retry = current_retry
+    created, updated, started, ended = times
     set_epoch(pb.created_at, created)
     set_epoch(pb.updated_at, updated)
     if started is not None:
         set_epoch(pb.execution_start_time, started)
         if ended is not None:
             set_epoch(pb.execution_end_time, ended)
-            set_duration(pb.execution_duration, task.execution_duration)
+            set_duration(pb.execution_duration, duration)
     elif ended is not None:
         set_epoch(pb.execution_end_time, ended)
-    pb.is_terminal = status in TERMINAL_STATUSES
-    return pb
+    pb.is_terminal = is_terminal
 
 
 def line_to_pb(line: TaskStarLine, orion_id: str | None = None,

@@ -5,23 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..core import AgentEvent, DeviceEvent, Event, EventType, OrionEvent, OrionState, TaskEvent
+from ..core import (
+    AgentEvent,
+    DeviceEvent,
+    Event,
+    EventType,
+    OrionEvent,
+    OrionState,
+    TaskEvent,
+    TaskStatus,
+)
 from ..core import TaskOrion as _TaskOrion
-from ..gen.orion.v1 import event_pb2, orion_pb2
+from ..core.enums import TERMINAL_STATUSES
+from ..gen.orion.v1 import event_pb2, orion_pb2, task_star_pb2
+from . import wire
 from .convert import (
     ORION_STATE_TO_PB,
     _by_value,
     device_dict_to_pb,
     device_status_to_pb,
     dict_to_struct,
+    error_reason,
+    fill_task_state,
     orion_state_to_pb,
     orion_to_pb,
     plain,
     result_from_orion,
     result_to_pb,
     summary_to_pb,
+    task_definition_bytes,
     task_status_to_pb,
-    task_to_pb,
     value_to_pb,
 )
 
@@ -38,6 +51,12 @@ for _name in ("AGENT_RESPONSE", "AGENT_ACTION"):
 TERMINAL_ORION_EVENTS = frozenset(
     EVENT_TYPE_TO_PB[t] for t in (EventType.ORION_COMPLETED, EventType.ORION_FAILED,
                                   EventType.ORION_CANCELLED))
+
+# Field numbers of what a task event appends to its encoding (see TaskEventRecord.encode).
+_EVENT_TASK = event_pb2.Event.DESCRIPTOR.fields_by_name["task"].number
+_PAYLOAD_RESULT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["result"].number
+_PAYLOAD_SNAPSHOT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["snapshot"].number
+_STAR_RESULT = task_star_pb2.TaskStar.DESCRIPTOR.fields_by_name["result"].number
 
 # Keys of Event.data that hold live engine objects, not data.
 _OBJECT_KEYS = frozenset({"orion", "new_orion"})
@@ -56,6 +75,9 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     Snapshots are taken when the event is logged; the payload's status, result and error are
     those the event carries (the star may have moved on by the time it is logged).
     """
+    if isinstance(event, TaskEvent):
+        return event_pb2.Event.FromString(
+            TaskEventRecord(event).encode(sequence, resume_token)), None
     pb = event_pb2.Event(sequence=sequence, resume_token=resume_token,
                          type=EVENT_TYPE_TO_PB.get(event.event_type, 0),
                          source=event.source_id or "")
@@ -64,9 +86,7 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     data = event.data or {}
     _data_struct(data, pb.data)
     snapshot: orion_pb2.TaskOrion | None = None
-    if isinstance(event, TaskEvent):
-        _task_event(event, data, pb)
-    elif isinstance(event, OrionEvent):
+    if isinstance(event, OrionEvent):
         snapshot = _orion_event(event, data, pb, orion_snapshot)
     elif isinstance(event, DeviceEvent):
         pb.device_id = event.device_id
@@ -91,43 +111,99 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     return pb, snapshot
 
 
-def _task_event(event: TaskEvent, data: Mapping[str, Any], pb: event_pb2.Event) -> None:
-    pb.orion_id = str(data.get("orion_id") or "")
-    pb.task_id = event.task_id
-    pb.device_id = str(data.get("device_id") or "")
-    payload = pb.task
-    payload.task_id = event.task_id
-    payload.status = task_status_to_pb(event.status)
-    if event.error:
-        payload.error = str(event.error)
-    payload.newly_ready_task_ids.extend(data.get("newly_ready_tasks") or [])
-    attempt = data.get("attempt")
-    payload.attempt = int(attempt) + 1 if isinstance(attempt, int) else 0
-    orion = data.get("orion")
-    task = orion.get_task(event.task_id) if isinstance(orion, _TaskOrion) else None
-    reason = data.get("reason")
-    if not reason and task is not None and task.error is not None:
-        reason = getattr(task.error, "reason", None)
-    payload.error_reason = str(reason or "")
-    progress = data.get("progress")
-    if isinstance(progress, (int, float)):
-        payload.progress = float(progress)
-    payload.progress_message = str(data.get("progress_message") or data.get("message") or "")
-    snapshot = payload.snapshot
-    if task is not None:
-        task_to_pb(task, pb.orion_id or None, snapshot)
-        snapshot.status = payload.status  # as of the event
+class TaskEventRecord:
+    """A task event as of the moment it was logged, ready to encode later (or never).
+
+    A task event carries a snapshot of its star, which moves on right after; encoding it is
+    most of an event's cost, and an event nobody reads (no watcher, no store) need never be
+    encoded. So the log captures the few runtime values of the star that change (the
+    definition's bytes are cached per revision) and encodes when the event is first read.
+    """
+
+    __slots__ = ("type", "source", "timestamp", "data", "orion_id", "task_id", "device_id",
+                 "status", "error", "reason", "result", "star")
+
+    def __init__(self, event: TaskEvent) -> None:
+        data = event.data or {}
+        self.type = EVENT_TYPE_TO_PB.get(event.event_type, 0)
+        self.source = event.source_id or ""
+        self.timestamp = event.timestamp
+        self.data = data
+        self.orion_id = orion_id = str(data.get("orion_id") or "")
+        self.task_id = event.task_id
+        self.device_id = str(data.get("device_id") or "")
+        self.status = status = task_status_to_pb(event.status)
+        self.error = str(event.error) if event.error else ""
+        self.result = event.result
+        orion = data.get("orion")
+        task = orion.get_task(event.task_id) if isinstance(orion, _TaskOrion) else None
+        reason = data.get("reason")
+        if not reason and task is not None and task.error is not None:
+            reason = getattr(task.error, "reason", None)
+        self.reason = str(reason or "")
+        self.star: tuple[Any, ...] | None = None
+        if task is None:
+            return
+        # The star as of the event: its status is the event's; if the star has already moved
+        # on, so are its result, error and terminality.
         if event.status and _by_value(type(task.status), event.status) is not task.status:
-            snapshot.ClearField("result")
-            if event.result is not None:
-                value_to_pb(event.result, snapshot.result)
-            snapshot.error = payload.error
-            snapshot.is_terminal = event.status in ("completed", "failed", "cancelled")
-    if event.result is not None:
-        if task is not None and event.result is task.result and snapshot.HasField("result"):
-            payload.result.CopyFrom(snapshot.result)  # the same value, encoded once
+            result, has_result, error = event.result, event.result is not None, self.error
+            terminal = event.status in ("completed", "failed", "cancelled")
         else:
-            value_to_pb(event.result, payload.result)
+            result = task.result
+            has_result = result is not None or task.status is TaskStatus.COMPLETED
+            error = "" if task.error is None else str(task.error)
+            terminal = task.status in TERMINAL_STATUSES
+        self.star = (task_definition_bytes(task, orion_id or None), status, has_result, result,
+                     error, error_reason(task.error), task.current_retry, task.epoch_times(),
+                     task.execution_duration, terminal)
+
+    def encode(self, sequence: int, resume_token: str) -> bytes:
+        """The encoded ``orion.v1.Event``."""
+        pb = event_pb2.Event(sequence=sequence, resume_token=resume_token, type=self.type,
+                             source=self.source, orion_id=self.orion_id, task_id=self.task_id,
+                             device_id=self.device_id)
+        stamp = pb.timestamp
+        stamp.seconds, stamp.nanos = divmod(round(float(self.timestamp) * 1e9), 1_000_000_000)
+        data = self.data
+        _data_struct(data, pb.data)
+        payload = event_pb2.TaskEventPayload(task_id=self.task_id, status=self.status,
+                                             error=self.error, error_reason=self.reason)
+        payload.newly_ready_task_ids.extend(data.get("newly_ready_tasks") or [])
+        attempt = data.get("attempt")
+        payload.attempt = int(attempt) + 1 if isinstance(attempt, int) else 0
+        progress = data.get("progress")
+        if isinstance(progress, (int, float)):
+            payload.progress = float(progress)
+        payload.progress_message = str(data.get("progress_message") or data.get("message")
+                                       or "")
+        # The payload's result and the snapshot's are usually the same value: encoded once.
+        # Fields appended out of order (and snapshot bytes concatenated from the cached
+        # definition and the runtime part) decode to the same message.
+        values: dict[int, bytes] = {}
+        tail = b""
+        if self.result is not None:
+            tail = wire.field(_PAYLOAD_RESULT, _value_bytes(self.result, values))
+        star = self.star
+        if star is not None:
+            (definition, status, has_result, result, error, reason, retry, times, duration,
+             terminal) = star
+            state = task_star_pb2.TaskStar()
+            fill_task_state(state, status, error, reason, retry, times, duration, terminal)
+            snapshot = definition + state.SerializeToString()
+            if has_result:
+                snapshot += wire.field(_STAR_RESULT, _value_bytes(result, values))
+            tail += wire.field(_PAYLOAD_SNAPSHOT, snapshot)
+        return pb.SerializeToString() + wire.field(_EVENT_TASK,
+                                                   payload.SerializeToString() + tail)
+
+
+def _value_bytes(value: Any, cache: dict[int, bytes]) -> bytes:
+    """``value`` as an encoded ``google.protobuf.Value`` (once per distinct object)."""
+    encoded = cache.get(id(value))
+    if encoded is None:
+        encoded = cache[id(value)] = value_to_pb(value).SerializeToString()
+    return encoded
 
 
 def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event,

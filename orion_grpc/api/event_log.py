@@ -26,17 +26,17 @@ import binascii
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 
 import grpc
 
-from ..core import DeviceEvent, Event, EventBus, IEventObserver, Violation
+from ..core import DeviceEvent, Event, EventBus, IEventObserver, TaskEvent, Violation
 from ..core.journal import Journal
 from ..gen.orion.v1 import event_pb2, event_service_pb2
 from . import wire
 from .convert import set_timestamp
-from .convert_events import event_to_pb
+from .convert_events import TaskEventRecord, event_to_pb
 from .errors import ApiError
 
 TOKEN_VERSION = "v1"
@@ -53,15 +53,22 @@ _ORION_SNAPSHOT = event_pb2.OrionEventPayload.DESCRIPTOR.fields_by_name["snapsho
 
 class LogEntry:
     """One logged event, encoded once (``data``: an ``orion.v1.Event`` without the orion
-    snapshot) and framed once for every watcher: all watchers send the same bytes."""
+    snapshot) and framed once for every watcher: all watchers send the same bytes.
 
-    __slots__ = ("sequence", "data", "snapshot", "type", "orion_id", "task_id", "device_id",
-                 "_framed")
+    A task event is encoded when first read (``record``: see ``TaskEventRecord``): with no
+    watcher and no store, nobody ever reads most of them."""
 
-    def __init__(self, sequence: int, data: bytes, snapshot: bytes | None, event_type: int,
-                 orion_id: str, task_id: str, device_id: str) -> None:
+    __slots__ = ("sequence", "_data", "record", "snapshot", "type", "orion_id", "task_id",
+                 "device_id", "_framed", "_token")
+
+    def __init__(self, sequence: int, data: bytes | None, snapshot: bytes | None,
+                 event_type: int, orion_id: str, task_id: str, device_id: str,
+                 record: TaskEventRecord | None = None,
+                 token: Callable[[int], str] | None = None) -> None:
         self.sequence = sequence
-        self.data = data
+        self._data = data
+        self.record = record  # encoded into ``data`` on first read (then dropped)
+        self._token = token
         self.snapshot = snapshot  # encoded TaskOrion, for watchers that asked for snapshots
         self.type = event_type  # what watch filters look at, without decoding
         self.orion_id = orion_id
@@ -74,6 +81,23 @@ class LogEntry:
            snapshot: bytes | None = None) -> LogEntry:
         return cls(sequence, data if data is not None else event.SerializeToString(), snapshot,
                    event.type, event.orion_id, event.task_id, event.device_id)
+
+    @classmethod
+    def of_task(cls, sequence: int, record: TaskEventRecord,
+                token: Callable[[int], str]) -> LogEntry:
+        return cls(sequence, None, None, record.type, record.orion_id, record.task_id,
+                   record.device_id, record, token)
+
+    @property
+    def data(self) -> bytes:
+        """The encoded ``orion.v1.Event`` (without the orion snapshot)."""
+        data = self._data
+        if data is None:
+            record, token = self.record, self._token
+            assert record is not None and token is not None
+            data = self._data = record.encode(self.sequence, token(self.sequence))
+            self.record = self._token = None
+        return data
 
     @property
     def event(self) -> event_pb2.Event:
@@ -158,19 +182,21 @@ class EventLog(IEventObserver):
     def append(self, event: Event) -> LogEntry:
         seq = self._next
         self._next += 1
-        previous = None
-        if isinstance(event, DeviceEvent):
-            previous = self._device_status.get(event.device_id)
-            self._device_status[event.device_id] = event.device_status
-        # A whole-orion snapshot costs O(stars) in time and memory: take it only while a
-        # watcher that asked for snapshots is connected.
-        pb, snapshot = event_to_pb(event, seq, self.token(seq), previous,
-                                   orion_snapshot=self.snapshot_watchers > 0)
-        data = pb.SerializeToString()
-        entry = LogEntry.of(seq, pb, data,
-                            snapshot.SerializeToString() if snapshot is not None else None)
-        self._entries.append(entry)
         journal = self._journal
+        if isinstance(event, TaskEvent):
+            entry = LogEntry.of_task(seq, TaskEventRecord(event), self.token)
+        else:
+            previous = None
+            if isinstance(event, DeviceEvent):
+                previous = self._device_status.get(event.device_id)
+                self._device_status[event.device_id] = event.device_status
+            # A whole-orion snapshot costs O(stars) in time and memory: take it only while a
+            # watcher that asked for snapshots is connected.
+            pb, snapshot = event_to_pb(event, seq, self.token(seq), previous,
+                                       orion_snapshot=self.snapshot_watchers > 0)
+            entry = LogEntry.of(seq, pb, None,
+                                snapshot.SerializeToString() if snapshot is not None else None)
+        self._entries.append(entry)
         if len(self._entries) > self.retention:
             self._entries.popleft()
             if journal is not None and seq % 1024 == 0:
@@ -178,7 +204,7 @@ class EventLog(IEventObserver):
         if journal is not None:
             if journal.sealed:
                 return entry  # shutting down: not persisted, so never sent either
-            journal.event(seq, data)
+            journal.event(seq, entry.data)
             batch = journal.pending_batch()
             pending = self._pending
             if pending and pending[-1][0] == batch:

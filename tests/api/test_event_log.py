@@ -7,10 +7,14 @@ import time
 import grpc
 import pytest
 
+from orion_grpc.api import convert
+from orion_grpc.api.convert_events import EVENT_TYPE_TO_PB
 from orion_grpc.api.errors import ApiError
 from orion_grpc.api.event_log import EventLog
-from orion_grpc.core import DeviceEvent, EventType
-from orion_grpc.gen.orion.v1 import event_pb2
+from orion_grpc.core import DeviceEvent, EventType, TaskEvent, TaskOrion
+from orion_grpc.core.spec import orion_from_spec
+from orion_grpc.core.task_star import TaskFailure
+from orion_grpc.gen.orion.v1 import event_pb2, task_star_pb2
 
 
 def device_event(device_id: str = "d1", status: str = "idle") -> DeviceEvent:
@@ -101,3 +105,99 @@ def test_bookmark_carries_the_cursor_and_the_oldest_retained_event():
     assert mark.type == event_pb2.EVENT_TYPE_BOOKMARK
     assert (mark.sequence, mark.bookmark.oldest_retained_sequence) == (6, 5)
     assert log.parse_token(mark.resume_token) == 6
+
+
+# ---------------------------------------------------------------------- task events, lazily
+def star_orion() -> TaskOrion:
+    orion = orion_from_spec({"orion_id": "o", "tasks": [
+        {"task_id": "a", "task_data": {"cmd": "build", "n": 3}, "tips": ["fast"],
+         "retry_count": 2, "timeout": 5},
+        {"task_id": "b"}], "dependencies": [{"from_task_id": "a", "to_task_id": "b"}]})
+    orion.start_execution()
+    return orion
+
+
+def task_event(orion: TaskOrion, event_type: EventType, status: str, result: object = None,
+               error: object = None, **data: object) -> TaskEvent:
+    task = orion.get_task("a")
+    return TaskEvent(event_type, "orch", time.time(),
+                     {"orion_id": "o", "orion": orion, "device_id": task.target_device_id,
+                      "attempt": task.current_retry, **data}, "a", status, result, error)
+
+
+def expected_event(event: TaskEvent, orion: TaskOrion, sequence: int, token: str
+                   ) -> event_pb2.Event:
+    """The oracle: the event built field by field from the star as it is now."""
+    task = orion.get_task("a")
+    pb = event_pb2.Event(sequence=sequence, resume_token=token, source="orch",
+                         type=EVENT_TYPE_TO_PB[event.event_type], orion_id="o", task_id="a",
+                         device_id=event.data["device_id"] or "")
+    pb.timestamp.FromNanoseconds(round(event.timestamp * 1e9))
+    pb.data.update({k: v for k, v in event.data.items() if k != "orion"})
+    payload = pb.task
+    payload.task_id, payload.status = "a", convert.task_status_to_pb(event.status)
+    payload.error = str(event.error) if event.error else ""
+    payload.error_reason = str(event.data.get("reason") or getattr(task.error, "reason", ""))
+    payload.attempt = task.current_retry + 1
+    payload.newly_ready_task_ids.extend(event.data.get("newly_ready_tasks", []))
+    payload.progress = float(event.data.get("progress", 0.0))
+    payload.progress_message = str(event.data.get("message", ""))
+    if event.result is not None:
+        payload.result.CopyFrom(convert.value_to_pb(event.result))
+    convert.task_to_pb(task, "o", payload.snapshot)
+    return pb
+
+
+@pytest.mark.parametrize("step", ["started", "progress", "completed", "retrying", "failed"])
+def test_a_task_event_decodes_to_the_event_built_field_by_field(step):
+    orion = star_orion()
+    task = orion.get_task("a")
+    task.target_device_id = "dev-1"
+    task.start_execution()
+    if step == "started":
+        event = task_event(orion, EventType.TASK_STARTED, "running")
+    elif step == "progress":
+        event = task_event(orion, EventType.TASK_PROGRESS, "running", progress=0.5,
+                           message="half way")
+    elif step == "completed":
+        orion.finish_task("a", True, {"out": [1, "two", None], "ok": True})
+        event = task_event(orion, EventType.TASK_COMPLETED, "completed", task.result,
+                           newly_ready_tasks=["b"])
+    elif step == "retrying":
+        task.complete_with_failure(TaskFailure("boom", "task_error"))
+        task.retry()
+        event = task_event(orion, EventType.TASK_RETRYING, "pending", reason="task_error",
+                           retry_in=0.25)
+    else:
+        orion.finish_task("a", False, error=TaskFailure("boom", "timeout"))
+        event = task_event(orion, EventType.TASK_FAILED, "failed", error="boom",
+                           reason="timeout")
+    log = EventLog(retention=10)
+    entry = log.append(event)
+    assert event_pb2.Event.FromString(entry.data) == expected_event(event, orion, 1, log.token(1))
+
+
+def test_a_task_event_encoded_late_still_shows_the_star_as_it_was():
+    orion = star_orion()
+    task = orion.get_task("a")
+    task.target_device_id = "dev-1"
+    task.start_execution()
+    log = EventLog(retention=10)
+    started = task_event(orion, EventType.TASK_STARTED, "running")
+    expected = expected_event(started, orion, 1, log.token(1))
+    entry = log.append(started)
+    assert entry.record is not None  # not encoded yet: nobody has read it
+    orion.finish_task("a", True, {"out": 1})  # the star moves on before anyone reads
+    assert event_pb2.Event.FromString(entry.data) == expected
+    assert entry.record is None and entry.event.task.snapshot.status == \
+        task_star_pb2.TASK_STATUS_RUNNING
+
+
+def test_a_task_event_logged_after_its_star_moved_on_keeps_the_events_status():
+    orion = star_orion()
+    orion.get_task("a").start_execution()
+    orion.finish_task("a", True, {"out": 1})
+    late = task_event(orion, EventType.TASK_STARTED, "running")
+    snapshot = EventLog(retention=10).append(late).event.task.snapshot
+    assert snapshot.status == task_star_pb2.TASK_STATUS_RUNNING
+    assert not snapshot.HasField("result") and not snapshot.is_terminal
