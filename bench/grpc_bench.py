@@ -90,13 +90,13 @@ class Fleet:
             self.store.cleanup()
 
     async def stats(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {"assignments": 0, "messages": 0, "dispatch_us": [],
+        merged: dict[str, Any] = {"assignments": 0, "messages": 0, "reads": 0, "dispatch_us": [],
                                   "hop_us": [], "devices_with_work": 0, "last_first_ns": 0}
         for host in self.hosts:
             host.send("stats")
         for host in self.hosts:
             s = json.loads(await host.line())
-            for key in ("assignments", "messages", "devices_with_work"):
+            for key in ("assignments", "messages", "reads", "devices_with_work"):
                 merged[key] += s[key]
             merged["dispatch_us"] += s["dispatch_us"]
             merged["hop_us"] += s["hop_us"]
@@ -128,6 +128,7 @@ async def run_orion(fleet: Fleet, client: OrionClient, shape: str, n: int, tag: 
             "dispatch_p50_ms": round(percentile(d, 50) / 1000, 3),
             "dispatch_p99_ms": round(percentile(d, 99) / 1000, 3),
             "messages_per_star": round(stats["messages"] / n, 3),
+            "server_messages_per_star": round(stats["reads"] / n, 3),
             "server_rss_mb": round(rss_kb(fleet.server.pid) / 1024, 1)}
 
 
@@ -156,7 +157,8 @@ COLUMNS = [("devices", "devices"), ("capacity", "capacity"), ("shape", "shape"),
            ("stars", "stars"), ("seconds", "s"), ("stars_per_s", "stars/s"),
            ("server_cpu_us_per_star", "server CPU µs/star"),
            ("dispatch_p50_ms", "dispatch p50 ms"), ("dispatch_p99_ms", "dispatch p99 ms"),
-           ("messages_per_star", "device msgs/star")]
+           ("messages_per_star", "assignment msgs/star"),
+           ("server_messages_per_star", "server msgs/star")]
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,13 +49,15 @@ class Stats:
 
     def reset(self) -> None:
         self.assignments = 0
-        self.messages = 0
+        self.messages = 0  # messages that carried assignments
+        self.reads = 0  # every message the server sent (assignments, acks, batches, ...)
         self.dispatch_us: list[int] = []  # server dispatch stamp -> received here
         self.hop_us: list[int] = []  # this device's previous result sent -> next assignment
         self.first_ns: dict[str, int] = {}  # device -> first assignment received
 
     def report(self) -> dict[str, Any]:
         return {"assignments": self.assignments, "messages": self.messages,
+                "reads": self.reads,
                 "dispatch_us": self.dispatch_us, "hop_us": self.hop_us,
                 "devices_with_work": len(self.first_ns),
                 "last_first_ns": max(self.first_ns.values(), default=0),
@@ -107,6 +109,7 @@ async def device(stub: pb_grpc.DeviceServiceStub, device_id: str, capacity: int,
         msg = await call.read()
         if msg is grpc.aio.EOF:
             return
+        stats.reads += 1
         kind = msg.WhichOneof("message")
         if kind == "assignment":
             assignments: Any = (msg.assignment,)

@@ -461,13 +461,15 @@ def result_to_pb(result: Mapping[str, Any], orion_id: str,
     return pb
 
 
-def result_from_orion(orion: TaskOrion) -> dict[str, Any]:
-    """The result dict of an orion that has ended (what ``orchestrate_orion`` returned)."""
+def result_from_orion(orion: TaskOrion, statistics: Mapping[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """The result dict of an orion that has ended (what ``orchestrate_orion`` returned);
+    ``statistics`` if the caller has them (computing them is O(stars))."""
     tasks = orion.get_all_tasks()
     return {"results": {t.task_id: t.result for t in tasks},
             "errors": {t.task_id: str(t.error) for t in tasks if t.error is not None},
             "status": orion.state.value, "total_tasks": orion.task_count,
-            "statistics": orion.get_statistics()}
+            "statistics": statistics or orion.get_statistics()}
 
 
 def status_to_pb(status: Mapping[str, Any], out: orion_pb2.OrionStatus | None = None

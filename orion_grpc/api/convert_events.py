@@ -222,12 +222,10 @@ def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
     summary_to_pb(orion, None, payload.summary)
     payload.summary.state = payload.state or ORION_STATE_TO_PB.get(orion.state, 0)
     if pb.type in TERMINAL_ORION_EVENTS:
-        result = result_from_orion(orion)
+        result = result_from_orion(orion, data.get("statistics"))
         state = _by_value(OrionState, event.orion_state)
         if state is not None:
             result["status"] = state.value
-        if data.get("statistics"):
-            result["statistics"] = data["statistics"]
         result_to_pb(result, orion.orion_id, payload.result)
     return orion_to_pb(orion) if want_snapshot else None
 
