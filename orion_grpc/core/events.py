@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class EventType(Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is C-fast
+
     TASK_STARTED = "task_started"
     TASK_COMPLETED = "task_completed"
     TASK_FAILED = "task_failed"
