@@ -198,6 +198,25 @@ class TaskEventRecord:
                                                    payload.SerializeToString() + tail)
 
 
+class DeviceEventRecord:
+    """A device event, encoded when first read (like ``TaskEventRecord``): at capacity 1 a
+    device changes status twice per star. The event's ``device_info`` is already a copy taken
+    when it was published; ``previous_status`` is the one the log knew then."""
+
+    __slots__ = ("event", "previous_status", "type", "device_id")
+    orion_id = task_id = ""
+
+    def __init__(self, event: DeviceEvent, previous_status: str | None) -> None:
+        self.event = event
+        self.previous_status = previous_status
+        self.type = EVENT_TYPE_TO_PB.get(event.event_type, 0)
+        self.device_id = event.device_id
+
+    def encode(self, sequence: int, resume_token: str) -> bytes:
+        pb, _ = event_to_pb(self.event, sequence, resume_token, self.previous_status)
+        return pb.SerializeToString()
+
+
 def _value_bytes(value: Any, cache: dict[int, bytes]) -> bytes:
     """``value`` as an encoded ``google.protobuf.Value`` (once per distinct object)."""
     encoded = cache.get(id(value))
@@ -230,4 +249,4 @@ def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
     return orion_to_pb(orion) if want_snapshot else None
 
 
-__all__ = ["EVENT_TYPE_TO_PB", "event_to_pb", "plain"]
+__all__ = ["EVENT_TYPE_TO_PB", "DeviceEventRecord", "TaskEventRecord", "event_to_pb", "plain"]

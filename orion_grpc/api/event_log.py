@@ -36,10 +36,13 @@ from ..core.journal import Journal
 from ..gen.orion.v1 import event_pb2, event_service_pb2
 from . import wire
 from .convert import set_timestamp
-from .convert_events import TaskEventRecord, event_to_pb
+from .convert_events import DeviceEventRecord, TaskEventRecord, event_to_pb
 from .errors import ApiError
 
 TOKEN_VERSION = "v1"
+
+# What LogEntry.lazy keeps until the event is first read.
+EventRecord = TaskEventRecord | DeviceEventRecord
 
 
 # Field numbers used to frame encoded events by hand (see wire.py): WatchEventsResponse.event /
@@ -55,15 +58,15 @@ class LogEntry:
     """One logged event, encoded once (``data``: an ``orion.v1.Event`` without the orion
     snapshot) and framed once for every watcher: all watchers send the same bytes.
 
-    A task event is encoded when first read (``record``: see ``TaskEventRecord``): with no
-    watcher and no store, nobody ever reads most of them."""
+    Star and device events are encoded when first read (``record``: see ``TaskEventRecord``):
+    with no watcher and no store, nobody ever reads most of them."""
 
     __slots__ = ("sequence", "_data", "record", "snapshot", "type", "orion_id", "task_id",
                  "device_id", "_framed", "_token")
 
     def __init__(self, sequence: int, data: bytes | None, snapshot: bytes | None,
                  event_type: int, orion_id: str, task_id: str, device_id: str,
-                 record: TaskEventRecord | None = None,
+                 record: EventRecord | None = None,
                  token: Callable[[int], str] | None = None) -> None:
         self.sequence = sequence
         self._data = data
@@ -83,8 +86,7 @@ class LogEntry:
                    event.type, event.orion_id, event.task_id, event.device_id)
 
     @classmethod
-    def of_task(cls, sequence: int, record: TaskEventRecord,
-                token: Callable[[int], str]) -> LogEntry:
+    def lazy(cls, sequence: int, record: EventRecord, token: Callable[[int], str]) -> LogEntry:
         return cls(sequence, None, None, record.type, record.orion_id, record.task_id,
                    record.device_id, record, token)
 
@@ -184,15 +186,16 @@ class EventLog(IEventObserver):
         self._next += 1
         journal = self._journal
         if isinstance(event, TaskEvent):
-            entry = LogEntry.of_task(seq, TaskEventRecord(event), self.token)
+            entry = LogEntry.lazy(seq, TaskEventRecord(event), self.token)
+        elif isinstance(event, DeviceEvent):
+            device_status = self._device_status
+            record = DeviceEventRecord(event, device_status.get(event.device_id))
+            device_status[event.device_id] = event.device_status
+            entry = LogEntry.lazy(seq, record, self.token)
         else:
-            previous = None
-            if isinstance(event, DeviceEvent):
-                previous = self._device_status.get(event.device_id)
-                self._device_status[event.device_id] = event.device_status
             # A whole-orion snapshot costs O(stars) in time and memory: take it only while a
             # watcher that asked for snapshots is connected.
-            pb, snapshot = event_to_pb(event, seq, self.token(seq), previous,
+            pb, snapshot = event_to_pb(event, seq, self.token(seq),
                                        orion_snapshot=self.snapshot_watchers > 0)
             entry = LogEntry.of(seq, pb, None,
                                 snapshot.SerializeToString() if snapshot is not None else None)

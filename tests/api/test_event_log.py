@@ -14,7 +14,7 @@ from orion_grpc.api.event_log import EventLog
 from orion_grpc.core import DeviceEvent, EventType, TaskEvent, TaskOrion
 from orion_grpc.core.spec import orion_from_spec
 from orion_grpc.core.task_star import TaskFailure
-from orion_grpc.gen.orion.v1 import event_pb2, task_star_pb2
+from orion_grpc.gen.orion.v1 import device_pb2, event_pb2, task_star_pb2
 
 
 def device_event(device_id: str = "d1", status: str = "idle") -> DeviceEvent:
@@ -201,3 +201,12 @@ def test_a_task_event_logged_after_its_star_moved_on_keeps_the_events_status():
     snapshot = EventLog(retention=10).append(late).event.task.snapshot
     assert snapshot.status == task_star_pb2.TASK_STATUS_RUNNING
     assert not snapshot.HasField("result") and not snapshot.is_terminal
+
+
+def test_device_events_are_encoded_on_first_read_with_the_status_they_replaced():
+    log = EventLog(retention=10)
+    busy, idle = log.append(device_event(status="busy")), log.append(device_event(status="idle"))
+    assert busy.record is not None and idle.record is not None  # nobody has read them yet
+    assert (idle.event.device.status, idle.event.device.previous_status) == \
+        (device_pb2.DEVICE_STATUS_IDLE, device_pb2.DEVICE_STATUS_BUSY)
+    assert busy.event.device.status == device_pb2.DEVICE_STATUS_BUSY and busy.record is None
