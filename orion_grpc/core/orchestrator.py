@@ -431,6 +431,7 @@ class _Run:
         self.cancelled = False
         self.cancel_reason = ""
         self.hooks = orch._tracer_hooks  # fixed for the whole run
+        self._lease_done = self._on_lease_done  # one bound method for every lease, not one each
 
     # ------------------------------------------------------------------ main loop
     async def execute(self) -> dict[str, Any]:
@@ -453,6 +454,7 @@ class _Run:
                 orch._synchronizer.exclude(orion.orion_id)
         if not self.resumed:
             orion.start_execution()
+        if not self.resumed and orch._event_bus.has_subscribers(EventType.ORION_STARTED):
             orch._publish_orion(EventType.ORION_STARTED, orion, {
                 "total_tasks": orion.task_count, "assignment_strategy": self.strategy,
                 "synchronized": self.synchronize,
@@ -619,13 +621,14 @@ class _Run:
             self._call_hook(hooks.on_dispatch, self.orion, task, task.current_retry)
         lease = self.dm.start_lease(
             task.target_device_id, task.task_id, task.to_request_string(), task._task_data,
-            task.timeout, self._on_lease_done, orion_id=self.orion.orion_id,
+            task.timeout, self._lease_done, orion_id=self.orion.orion_id,
             attempt=task.current_retry, trace_context=trace_context)
         if queued_since is not None:
             lease.queue_wait = time.monotonic() - queued_since
         self.leases[task.task_id] = lease
-        self.orch._publish_task(EventType.TASK_STARTED, task, self.orion,
-                                {"lease_id": lease.lease_id})
+        if self.orch._event_bus.has_subscribers(EventType.TASK_STARTED):
+            self.orch._publish_task(EventType.TASK_STARTED, task, self.orion,
+                                    {"lease_id": lease.lease_id})
 
     # ------------------------------------------------------------------ callbacks
     def _on_capacity(self, device_id: str) -> None:
@@ -646,8 +649,9 @@ class _Run:
             return
         if outcome.success:
             ready, cancelled = orion.finish_task(task.task_id, True, outcome.result)
-            orch._publish_task(EventType.TASK_COMPLETED, task, orion,
-                               {"newly_ready_tasks": [t.task_id for t in ready]})
+            if orch._event_bus.has_subscribers(EventType.TASK_COMPLETED):
+                orch._publish_task(EventType.TASK_COMPLETED, task, orion,
+                                   {"newly_ready_tasks": [t.task_id for t in ready]})
             self._publish_cancelled(cancelled)
             return
         error = TaskFailure(outcome.error or "task failed", outcome.reason or "task_error")
