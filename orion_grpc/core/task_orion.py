@@ -561,41 +561,70 @@ class TaskOrion(JsonSerializable):
     # ------------------------------------------------------------------ validation & analysis
     def validate_dag(self) -> tuple[bool, list[str]]:
         errors: list[str] = []
-        if self.has_cycle():
-            errors.append("DAG contains cycles")
+        tasks = self._tasks
+        forward = True
         for dep in self._dependencies.values():
-            if dep.from_task_id not in self._tasks:
+            src, dst = tasks.get(dep._from_task_id), tasks.get(dep._to_task_id)
+            if src is None:
                 errors.append(f"Dependency references non-existent source task {dep.from_task_id}")
-            if dep.to_task_id not in self._tasks:
+            if dst is None:
                 errors.append(f"Dependency references non-existent target task {dep.to_task_id}")
+            elif src is not None and src._ord >= dst._ord:
+                forward = False
+        # Every edge going forward in the maintained order proves there is no cycle; only
+        # otherwise is Kahn's algorithm asked.
+        if not forward and len(self._kahn()) != len(tasks):
+            errors.insert(0, "DAG contains cycles")
         return not errors, errors
 
-    def _levels(self) -> list[list[str]]:
+    def _edges_forward(self) -> bool:
+        """True if every edge goes from a lower to a higher topological slot (``_ord``, kept
+        by ``_order_edge`` on every insert): a numbering every edge climbs proves the graph
+        acyclic in one pass over the edges, without building Kahn's in-degree table."""
+        tasks = self._tasks
+        for dep in self._dependencies.values():
+            src, dst = tasks.get(dep._from_task_id), tasks.get(dep._to_task_id)
+            if src is None or dst is None or src._ord >= dst._ord:
+                return False
+        return True
+
+    def _levels(self, depth: dict[str, int] | None = None) -> list[list[str]]:
         """Kahn's algorithm level by level (a star's level is one more than its deepest
         prerequisite's); stars on a cycle are in no level. Concatenated, the levels are the
-        FIFO Kahn order. One pass gives the statistics both the order and the width."""
+        FIFO Kahn order. One pass gives the statistics both the order and the width.
+
+        ``depth``, if given, receives every placed star's level (the in-degree table is
+        reused for it, so it costs nothing extra)."""
         indeg = {tid: len(ins) for tid, ins in self._in.items()}
         out = self._out
         level = [tid for tid, d in indeg.items() if d == 0]
         levels: list[list[str]] = []
+        k = 0
         while level:
             levels.append(level)
             nxt = []
+            placed = -2 - k  # a placed star's entry: -1 - its level (a count is never < 0)
             for tid in level:
                 for line in out[tid].values():
                     dst = line._to_task_id
                     left = indeg[dst] - 1
-                    indeg[dst] = left
                     if left == 0:
                         nxt.append(dst)
+                        left = placed
+                    indeg[dst] = left
             level = nxt
+            k += 1
+        if depth is not None:
+            for tid in levels[0] if levels else ():
+                indeg[tid] = -1
+            depth.update(indeg)
         return levels
 
     def _kahn(self) -> list[str]:
         return [tid for level in self._levels() for tid in level]
 
     def has_cycle(self) -> bool:
-        return len(self._kahn()) != len(self._tasks)
+        return not self._edges_forward() and len(self._kahn()) != len(self._tasks)
 
     def get_topological_order(self) -> list[str]:
         order = self._kahn()
@@ -605,37 +634,64 @@ class TaskOrion(JsonSerializable):
 
     def _longest(self, weight: dict[str, float], order: list[str] | None = None
                  ) -> tuple[float, list[str]]:
-        """Heaviest path by node weights, in one topological pass."""
+        """Heaviest path by node weights, in one topological pass (ties: the earliest end in
+        ``order``, and at each step the first prerequisite in insertion order)."""
         if order is None:
             order = self.get_topological_order()
         best: dict[str, float] = {}
-        parent: dict[str, str | None] = {}
         ins = self._in
         for tid in order:
-            w = weight[tid]
-            b, p = w, None
+            b = w = weight[tid]
             for line in ins[tid].values():
-                src = line._from_task_id
-                cand = best[src] + w
+                cand = best[line._from_task_id] + w
                 if cand > b:
-                    b, p = cand, src
-            best[tid], parent[tid] = b, p
+                    b = cand
+            best[tid] = b
         if not best:
             return 0.0, []
         end = max(order, key=best.__getitem__)
+        # Walk back along the path, choosing each parent exactly as the pass above would
+        # have (the first prerequisite giving the best sum): no parent table for every star.
         path: list[str] = []
         node: str | None = end
         while node is not None:
             path.append(node)
-            node = parent[node]
+            w = b = weight[node]
+            parent = None
+            for line in ins[node].values():
+                cand = best[line._from_task_id] + w
+                if cand > b:
+                    b, parent = cand, line._from_task_id
+            node = parent
         path.reverse()
         return best[end], path
+
+    def _longest_by_count(self, levels: list[list[str]], depth: dict[str, int]
+                          ) -> tuple[int, list[str]]:
+        """``_longest`` with every weight 1, read off Kahn's levels: a star's heaviest path
+        has its level + 1 stars, the path ends at the first star of the last level, and its
+        parent is the first prerequisite one level up (what ``_longest`` picks)."""
+        if not levels:
+            return 0, []
+        ins = self._in
+        node: str | None = levels[-1][0]
+        path: list[str] = []
+        while node is not None:
+            path.append(node)
+            up = depth[node] + 1  # the entry a prerequisite one level up has
+            node = next((line._from_task_id for line in ins[node].values()
+                         if depth[line._from_task_id] == up), None)
+        path.reverse()
+        return len(levels), path
 
     def get_longest_path(self) -> tuple[int, list[str]]:
         if not self._tasks:
             return 0, []
-        length, path = self._longest(dict.fromkeys(self._tasks, 1.0))
-        return int(length), path
+        depth: dict[str, int] = {}
+        levels = self._levels(depth)
+        if sum(map(len, levels)) != len(self._tasks):
+            raise ValueError("DAG contains cycles")
+        return self._longest_by_count(levels, depth)
 
     def get_max_width(self) -> int:
         if not self._tasks:
@@ -651,38 +707,45 @@ class TaskOrion(JsonSerializable):
         return self._longest({tid: (t.execution_duration or 0.0) if t._status is completed
                               else 0.0 for tid, t in self._tasks.items()})
 
-    def get_total_work(self) -> float:
-        return sum(t.execution_duration or 0.0 for t in self._tasks.values())
+    def _durations(self) -> dict[str, float]:
+        return {tid: t.execution_duration or 0.0 for tid, t in self._tasks.items()}
 
-    def get_parallelism_metrics(self, _order: list[str] | None = None) -> dict[str, Any]:
+    def get_total_work(self) -> float:
+        return sum(self._durations().values())
+
+    def get_parallelism_metrics(self) -> dict[str, Any]:
         if not self._tasks:
             return {"critical_path_length": 0, "total_work": 0, "parallelism_ratio": 0.0,
                     "calculation_mode": "empty", "critical_path_tasks": []}
+        depth: dict[str, int] = {}
+        levels = self._levels(depth)
+        if sum(map(len, levels)) != len(self._tasks):
+            raise ValueError("DAG contains cycles")
+        return self._parallelism(levels, depth)
+
+    def _parallelism(self, levels: list[list[str]], depth: dict[str, int]) -> dict[str, Any]:
         if self.is_complete():
-            length, path = self._longest(
-                {tid: t.execution_duration or 0.0 for tid, t in self._tasks.items()}, _order)
-            work: float = self.get_total_work()
+            durations = self._durations()
+            length, path = self._longest(durations, [tid for level in levels for tid in level])
+            work: float = sum(durations.values())
             mode = "actual_time"
         else:
-            n, path = self.get_longest_path() if _order is None else \
-                self._longest(dict.fromkeys(self._tasks, 1.0), _order)
+            n, path = self._longest_by_count(levels, depth)
             length, work, mode = float(n), float(len(self._tasks)), "node_count"
         return {"critical_path_length": length, "total_work": work,
                 "parallelism_ratio": work / length if length > 0 else 0.0,
                 "calculation_mode": mode, "critical_path_tasks": path}
 
     def get_statistics(self) -> dict[str, Any]:
-        # One Kahn pass for the order and the width, shared by both path computations.
-        levels = self._levels() if self._tasks else []
-        order = [tid for level in levels for tid in level]
-        if len(order) != len(self._tasks):
+        # One Kahn pass for the order, the width, the levels and the longest path by count,
+        # shared by the critical path (one more pass, by duration, once complete).
+        depth: dict[str, int] = {}
+        levels = self._levels(depth) if self._tasks else []
+        if sum(map(len, levels)) != len(self._tasks):
             raise ValueError("DAG contains cycles")
-        if order:
-            count, longest_tasks = self._longest(dict.fromkeys(self._tasks, 1.0), order)
-            longest = int(count)
-        else:
-            longest, longest_tasks = 0, []
-        metrics = self.get_parallelism_metrics(order if order else None)
+        longest, longest_tasks = self._longest_by_count(levels, depth)
+        metrics = self._parallelism(levels, depth) if levels else \
+            self.get_parallelism_metrics()
         return {
             "orion_id": self._orion_id,
             "name": self._name,
@@ -743,7 +806,7 @@ class TaskOrion(JsonSerializable):
             orion._order_edge(orion._tasks[line.from_task_id], orion._tasks[line.to_task_id])
             orion._link(line)
             if ddata.get("last_evaluation_time"):  # re-deciding a saved edge is not news
-                line._last_evaluation_time = datetime.fromisoformat(ddata["last_evaluation_time"])
+                line._last_evaluation_time = to_timestamp(ddata["last_evaluation_time"])
         if data.get("state") == OrionState.CANCELLED.value:
             orion._cancel_requested = True
         for key in ("created_at", "execution_start_time", "execution_end_time"):

@@ -267,6 +267,21 @@ def test_validate_dag_reports_every_problem() -> None:
         orion.get_topological_order()
 
 
+def test_validate_dag_does_not_trust_a_broken_topological_order() -> None:
+    # validate_dag / has_cycle prove acyclicity from the maintained order (_ord) in one pass;
+    # an order that does not fit the edges (here corrupted by hand) must not yield a false
+    # "cycle", nor hide a real one: Kahn's algorithm decides then.
+    orion = make_orion("a", "b", "c")
+    link(orion, "a", "b")
+    link(orion, "b", "c")
+    orion.get_task("a")._ord, orion.get_task("c")._ord = 99, -1
+    assert orion.validate_dag() == (True, [])
+    assert orion.has_cycle() is False
+    orion._link(TaskStarLine("c", "a", line_id="back"))
+    assert orion.validate_dag() == (False, ["DAG contains cycles"])
+    assert orion.has_cycle() is True
+
+
 def test_from_dict_rejects_dangling_and_cyclic_structures() -> None:
     orion = make_orion("a", "b")
     link(orion, "a", "b")
