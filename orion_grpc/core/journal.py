@@ -50,7 +50,7 @@ def star_spec(task: TaskStar, position: int = 0) -> JsonDict:
     """A star's definition (what does not change while it runs); ``position`` keeps the
     orion's order of stars."""
     return {
-        "task_id": task._task_id, "position": position, "name": task._name, "description": task._description,
+        "task_id": task._task_id, "position": position, "name": task.name, "description": task._description,
         "tips": task._tips, "device_type": task._device_type.value if task._device_type
         else None, "priority": task._priority.value,  # type: ignore[union-attr]
         "timeout": task._timeout, "retry_count": task._retry_count,

@@ -9,7 +9,7 @@ from typing import Any
 
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .enums import DependencyType, TaskStatus, parse_enum
-from .task_star import JsonSerializable, json_safe, utcnow
+from .task_star import JsonSerializable, json_safe, now_ts, to_datetime, to_iso, to_timestamp
 
 ConditionEvaluator = Callable[[Any], bool]
 
@@ -27,6 +27,12 @@ class TaskStarLine(JsonSerializable):
     An edge that can never be satisfied cancels its dependent (and, transitively, whatever
     needed that dependent), so no run can hang on it.
     """
+
+    # Slots, as TaskStar: an orion may hold several hundred thousand lines.
+    __slots__ = ("_line_id", "_from_task_id", "_to_task_id", "_dependency_type",
+                 "_condition_description", "_condition_evaluator", "_condition", "_metadata",
+                 "_created_at", "_updated_at", "_is_satisfied", "_last_evaluation_result",
+                 "_last_evaluation_time", "_last_evaluation_note", "_resolution")
 
     def __init__(
         self,
@@ -47,12 +53,14 @@ class TaskStarLine(JsonSerializable):
         self._condition_description = condition_description or ""
         self._condition_evaluator = condition_evaluator
         self._condition: CompiledCondition | None = compile_condition(condition) if condition else None
-        self._metadata: dict[str, Any] = dict(metadata) if metadata else {}
-        self._created_at = utcnow()
+        # None until there is some (most lines have none: no empty dict each). Timestamps are
+        # epoch floats, shown as datetimes (as TaskStar's: cheaper to take and to keep).
+        self._metadata: dict[str, Any] | None = dict(metadata) if metadata else None
+        self._created_at = now_ts()
         self._updated_at = self._created_at
         self._is_satisfied = False
         self._last_evaluation_result: bool | None = None
-        self._last_evaluation_time: datetime | None = None
+        self._last_evaluation_time: float | None = None
         self._last_evaluation_note: str = ""
         self._resolution = 0  # owned by the orion: unresolved / satisfied / unsatisfiable
 
@@ -89,7 +97,7 @@ class TaskStarLine(JsonSerializable):
     @condition_description.setter
     def condition_description(self, value: str) -> None:
         self._condition_description = value
-        self._updated_at = utcnow()
+        self._updated_at = now_ts()
 
     @property
     def condition(self) -> str | None:
@@ -111,19 +119,19 @@ class TaskStarLine(JsonSerializable):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return self._metadata.copy()
+        return dict(self._metadata) if self._metadata else {}
 
     def update_metadata(self, metadata: dict[str, Any]) -> None:
-        self._metadata.update(metadata)
-        self._updated_at = utcnow()
+        self._metadata = {**(self._metadata or {}), **metadata}
+        self._updated_at = now_ts()
 
     @property
     def created_at(self) -> datetime:
-        return self._created_at
+        return to_datetime(self._created_at)  # type: ignore[return-value]
 
     @property
     def updated_at(self) -> datetime:
-        return self._updated_at
+        return to_datetime(self._updated_at)  # type: ignore[return-value]
 
     @property
     def last_evaluation_result(self) -> bool | None:
@@ -131,7 +139,7 @@ class TaskStarLine(JsonSerializable):
 
     @property
     def last_evaluation_time(self) -> datetime | None:
-        return self._last_evaluation_time
+        return to_datetime(self._last_evaluation_time)
 
     @property
     def last_evaluation_note(self) -> str:
@@ -146,14 +154,14 @@ class TaskStarLine(JsonSerializable):
     def mark_satisfied(self) -> None:
         self._is_satisfied = True
         self._last_evaluation_result = True
-        self._last_evaluation_time = self._updated_at = utcnow()
+        self._last_evaluation_time = self._updated_at = now_ts()
 
     def reset_satisfaction(self) -> None:
         self._is_satisfied = False
         self._last_evaluation_result = None
         self._last_evaluation_time = None
         self._last_evaluation_note = ""
-        self._updated_at = utcnow()
+        self._updated_at = now_ts()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_for(self, status: TaskStatus, result: Any, error: BaseException | None) -> bool:
@@ -190,7 +198,7 @@ class TaskStarLine(JsonSerializable):
             note = f"condition on {self._from_task_id} not met"
         self._is_satisfied = ok
         self._last_evaluation_result = ok
-        self._last_evaluation_time = utcnow()
+        self._last_evaluation_time = now_ts()
         self._last_evaluation_note = note
         return ok
 
@@ -207,13 +215,12 @@ class TaskStarLine(JsonSerializable):
             "dependency_type": self._dependency_type.value,
             "condition_description": self._condition_description,
             "condition": self.condition,
-            "metadata": json_safe(self._metadata),
+            "metadata": json_safe(self._metadata) if self._metadata else {},
             "is_satisfied": self._is_satisfied,
             "last_evaluation_result": self._last_evaluation_result,
-            "last_evaluation_time": (self._last_evaluation_time.isoformat()
-                                     if self._last_evaluation_time else None),
-            "created_at": self._created_at.isoformat(),
-            "updated_at": self._updated_at.isoformat(),
+            "last_evaluation_time": to_iso(self._last_evaluation_time),
+            "created_at": to_iso(self._created_at),
+            "updated_at": to_iso(self._updated_at),
         }
 
     @classmethod
@@ -231,7 +238,7 @@ class TaskStarLine(JsonSerializable):
         line._last_evaluation_result = data.get("last_evaluation_result")
         for key in ("created_at", "updated_at", "last_evaluation_time"):
             if data.get(key):
-                setattr(line, f"_{key}", datetime.fromisoformat(data[key]))
+                setattr(line, f"_{key}", to_timestamp(data[key]))
         return line
 
     @classmethod
