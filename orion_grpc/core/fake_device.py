@@ -70,6 +70,9 @@ class FakeDevice(DeviceLink):
         self.closed_reason: str | None = None
         self._manager: OrionDeviceManager | None = None
         self._live: set[str] = set()
+        # Leases to answer at the next loop turn (latency 0): one callback for all of them,
+        # in the order they came, not a loop handle (and its context copy) per assignment.
+        self._due: list[Lease] = []
 
     async def connect(self, manager: OrionDeviceManager) -> FakeDevice:
         """Register with ``manager`` and come online."""
@@ -106,7 +109,9 @@ class FakeDevice(DeviceLink):
         if delay > 0:
             loop.call_later(delay, self._answer, lease)
         else:
-            loop.call_soon(self._answer, lease)
+            if not self._due:
+                loop.call_soon(self._answer_due)
+            self._due.append(lease)
 
     def send_cancel(self, lease_id: str, reason: str) -> None:
         self.cancelled.append((lease_id, reason))
@@ -128,6 +133,11 @@ class FakeDevice(DeviceLink):
         self._manager.complete_lease(self.device_id, lease.lease_id, False, None,
                                      f"device {self.device_id} rejected the assignment",
                                      REASON_REJECTED)
+
+    def _answer_due(self) -> None:
+        due, self._due = self._due, []
+        for lease in due:
+            self._answer(lease)
 
     def _answer(self, lease: Lease) -> None:
         if lease.lease_id not in self._live or self._manager is None:
