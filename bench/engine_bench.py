@@ -8,8 +8,10 @@ Per run: build (the stars and lines through the public API, each insert cycle-ch
 validate, run (``orchestrate_orion`` from start to returned result), stars/s and µs per star
 (wall clock) and CPU µs per star (this process's CPU time: what a busy machine does not
 inflate as much), peak RSS, and how per-star cost grows from the smallest to the largest N.
-Orions under 100k stars are run several times (100k / N, at most 15) and the median run (by
-CPU per star) is reported.
+Every orion is run several times (100k / N, at least 3, at most 15), each freshly built, and
+the median run (by CPU per star) is reported: one run of a 100k orion lasts seconds, and a
+burst of other work on a shared machine inflates it as a whole, where the median of the
+small ones leaves such bursts out.
 
 Prints a table and writes bench/results/latest-engine.json.
 """
@@ -96,9 +98,10 @@ def main() -> None:
     rows = []
     for shape in args.shapes:
         for n in args.sizes:
-            # Small orions run in milliseconds: repeat them (fresh each time) and keep the
-            # median run, or one hiccup of a shared machine decides the per-star figure.
-            repeats = 1 if args.quick else max(1, min(15, 100_000 // n))
+            # Repeat every size (fresh each time) and keep the median run, or one hiccup of
+            # a shared machine decides the per-star figure (small orions run in milliseconds,
+            # and a 100k run is one sample of seconds of whatever else the machine does).
+            repeats = 1 if args.quick else max(3, min(15, 100_000 // n))
             runs = sorted((asyncio.run(run_one(shape, n, args.devices, args.capacity))
                            for _ in range(repeats)), key=lambda r: float(r["cpu_us_per_star"]))
             rows.append({**runs[len(runs) // 2], "repeats": repeats})
