@@ -23,6 +23,7 @@ import platform
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,18 +31,22 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from ..api import wire
 from ..core import log_context
 from ..gen.orion.v1 import device_service_pb2 as pb
-from ..gen.orion.v1 import device_service_pb2_grpc as pb_grpc
 from ..gen.orion.v1 import task_star_pb2
-from ..pbjson import from_struct, set_value
+from ..pbjson import MAX_SAFE_INT, from_struct, set_value
 from ..transport import token_interceptors
 from .executors import Assignment, Executor, ExecutorError, default_executors
 
 logger = logging.getLogger(__name__)
 
 DAEMON_VERSION = "0.1.0"
+CONNECT_METHOD = "/orion.v1.DeviceService/Connect"
 MAX_BATCH_MESSAGES = 256  # messages per ConnectRequest.batch
+# Field numbers (proto/orion/v1/device_service.proto) of what the daemon frames by hand:
+# ConnectRequest.ack / .result / .batch, DeviceMessageBatch.messages, AssignmentAck.lease_id.
+_ACK, _RESULT, _BATCH, _BATCH_MESSAGES, _ACK_LEASE_ID = 3, 6, 8, 1, 1
 
 # Keepalive pings let a device notice a dead server (there is no server -> device heartbeat).
 # Servers accept them while heartbeats flow; see DEVICE_SERVER_OPTIONS in the server.
@@ -104,6 +109,68 @@ def _to_value(result: Any) -> struct_pb2.Value:
     return msg
 
 
+class _NotPlain(Exception):
+    """A value ``_set_plain`` leaves to the JSON round trip of ``_to_value``."""
+
+
+_PLAIN_DEPTH = 32  # deeper values (or cycles) take the JSON round trip
+
+
+def _set_plain(msg: struct_pb2.Value, value: Any, depth: int) -> None:
+    """``msg`` = ``value`` when ``value`` is made of exactly dict (str keys), list, str, int,
+    finite float, bool and None; ``_NotPlain`` for anything else (tuples, other key types,
+    subclasses, NaN, big ints, ...), which the JSON round trip converts or refuses."""
+    kind = type(value)
+    if kind is str:
+        msg.string_value = value
+    elif kind is dict:
+        if depth >= _PLAIN_DEPTH:
+            raise _NotPlain
+        struct = msg.struct_value
+        struct.SetInParent()
+        fields = struct.fields
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            _set_plain(fields[key], item, depth + 1)
+    elif value is None:
+        msg.null_value = struct_pb2.NULL_VALUE
+    elif kind is bool:
+        msg.bool_value = value
+    elif kind is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        msg.number_value = value
+    elif kind is float and math.isfinite(value):
+        msg.number_value = value
+    elif kind is list:
+        if depth >= _PLAIN_DEPTH:
+            raise _NotPlain
+        values = msg.list_value
+        values.SetInParent()
+        add = values.values.add
+        for item in value:
+            _set_plain(add(), item, depth + 1)
+    else:
+        raise _NotPlain
+
+
+def _set_json(result: pb.TaskResult, value: Any) -> None:
+    """``result.result`` = the JSON value ``value`` (TypeError/ValueError if it is not JSON):
+    plain values field by field, anything else through ``json`` as it always was."""
+    try:
+        _set_plain(result.result, value, 0)
+    except (_NotPlain, TypeError, ValueError):  # (e.g. a lone surrogate: refused below)
+        result.ClearField("result")
+        result.result.CopyFrom(_to_value(value))
+
+
+def _ack(lease_id: str) -> bytes:
+    """The encoded ``ConnectRequest(ack=AssignmentAck(lease_id=...))``."""
+    lease = lease_id.encode()
+    if len(lease) < 126:  # (both lengths fit in one byte)
+        return bytes((_ACK << 3 | 2, len(lease) + 2, _ACK_LEASE_ID << 3 | 2, len(lease))) + lease
+    return wire.field(_ACK, wire.field(_ACK_LEASE_ID, lease))
+
+
 class _StarView(Mapping[str, Any]):
     """``Assignment.star``: the assignment's TaskStar in its JSON mapping, decoded when an
     executor first looks (most never do; json_format costs ~100 µs per star)."""
@@ -136,10 +203,17 @@ def _seconds(duration: Any) -> float:
 
 
 class _Session:
-    """Client-side state of one Connect stream."""
+    """Client-side state of one Connect stream.
+
+    The outbound queue holds ``ConnectRequest`` messages or their encoding (the hot ones,
+    acks and results, are encoded once where they are made); ``requests`` writes what queued
+    up meanwhile as one ``batch`` once the server accepts batches, framed at the wire level
+    (``api/wire.py``): no intermediate messages, no copies.
+    """
 
     def __init__(self) -> None:
-        self.outbound: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        self.outbound: deque[pb.ConnectRequest | bytes | None] = deque()
+        self._wake = asyncio.Event()  # set when the outbound queue gets something
         self.batches = False  # the server's welcome said it accepts batches
         self.welcome: pb.ServerWelcome | None = None
         self.goodbye: pb.ServerGoodbye | None = None
@@ -148,29 +222,38 @@ class _Session:
         self.forced = asyncio.Event()  # reconnect() asked to end this session
         self.abandon = False
 
-    def send(self, msg: pb.ConnectRequest) -> None:
-        self.outbound.put_nowait(msg)
+    def send(self, msg: pb.ConnectRequest | bytes) -> None:
+        """Queue ``msg`` (a ``ConnectRequest`` or its encoding); never blocks."""
+        self.outbound.append(msg)
+        self._wake.set()
 
     def close_requests(self) -> None:
-        self.outbound.put_nowait(None)
+        self.outbound.append(None)
+        self._wake.set()
 
     async def requests(self) -> Any:
         """The stream's messages; what queued up meanwhile goes as one batch when the server
         accepts batches (several results finished in one loop turn: one write)."""
-        outbound = self.outbound
-        while (msg := await outbound.get()) is not None:
+        outbound, wake = self.outbound, self._wake
+        while True:
+            while not outbound:
+                wake.clear()
+                await wake.wait()
             if self.batches:
                 # One more loop turn before writing: the assignments that queued this ack
                 # also started their executors, whose results (instant for quick ones) then
                 # go in the same write.
                 await asyncio.sleep(0)
-            if not self.batches or outbound.empty():
+            msg = outbound.popleft()
+            if msg is None:
+                return
+            if not self.batches or not outbound:
                 yield msg
                 continue
             group = [msg]
             ended = False
-            while not outbound.empty() and len(group) < MAX_BATCH_MESSAGES:
-                more = outbound.get_nowait()
+            while outbound and len(group) < MAX_BATCH_MESSAGES:
+                more = outbound.popleft()
                 if more is None:
                     ended = True
                     break
@@ -178,9 +261,9 @@ class _Session:
             if len(group) == 1:
                 yield msg
             else:
-                batch = pb.ConnectRequest()
-                batch.batch.messages.extend(group)
-                yield batch
+                yield wire.field(_BATCH, b"".join([
+                    wire.field(_BATCH_MESSAGES, m if isinstance(m, bytes) else
+                               m.SerializeToString()) for m in group]))
             if ended:
                 return
 
@@ -269,7 +352,7 @@ class DeviceAgent:
         self.completed = 0
         self.last_goodbye: str | None = None
         self.last_error = ""  # why the last stream failed, if it did
-        self.result_acks: list[tuple[str, bool, str]] = []
+        self.result_acks: deque[tuple[str, bool, str]] = deque(maxlen=1000)  # the latest
 
         # Fault injection, for tests of the protocol's recovery paths.
         self.pause_heartbeats = False  # stay connected but stop heartbeating
@@ -356,12 +439,16 @@ class DeviceAgent:
         else:
             channel = grpc.aio.insecure_channel(self.target, options=options,
                                                 interceptors=interceptors)
-        stub = pb_grpc.DeviceServiceStub(channel)
+        # DeviceService.Connect whose requests may also be pre-encoded bytes (see _Session).
+        connect = channel.stream_stream(
+            CONNECT_METHOD,
+            request_serializer=wire.passthrough(pb.ConnectRequest.SerializeToString),
+            response_deserializer=pb.ConnectResponse.FromString)
         failures = 0
         try:
             async with channel:
                 while not self._stopping:
-                    reconnect_after = await self._one_session(stub)
+                    reconnect_after = await self._one_session(connect)
                     if self._stopping:
                         break
                     failures = 1 if self._welcomed_last else failures + 1
@@ -455,7 +542,7 @@ class DeviceAgent:
         hello.system_info.update(json.loads(json.dumps(self.system_info, default=str)))
         return hello
 
-    async def _one_session(self, stub: pb_grpc.DeviceServiceStub) -> float | None:
+    async def _one_session(self, connect: Any) -> float | None:
         """Run one Connect stream to its end; returns the server's reconnect_after, if any."""
         self._welcomed_last = False
         self.last_error = ""
@@ -465,7 +552,7 @@ class DeviceAgent:
         # finished later is queued behind hello, never lost and never in both.
         session.send(pb.ConnectRequest(hello=self._hello()))
         self._session = session
-        call = stub.Connect(session.requests())
+        call = connect(session.requests())
         reader = session.reader = asyncio.create_task(self._read(session, call))
         forced = asyncio.create_task(session.forced.wait())
         try:
@@ -571,14 +658,14 @@ class DeviceAgent:
     def _on_assignment(self, session: _Session, msg: pb.TaskAssignment) -> None:
         lease_id = msg.lease_id
         if lease_id in self._running or lease_id in self._pending:
-            session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
+            session.send(_ack(lease_id))
             return  # delivered twice: already on it
         if self._draining:
             return self._reject(session, lease_id, "draining")
         if len(self._running) >= self.capacity:
             return self._reject(session, lease_id, f"capacity: already running "
                                                    f"{len(self._running)}/{self.capacity}")
-        task_data = from_struct(msg.task_data)
+        task_data = from_struct(msg.task_data) if msg.HasField("task_data") else {}
         name = task_data.get("executor") or self.default_executor
         executor = self.executors.get(name) if isinstance(name, str) else None
         if executor is None:
@@ -593,10 +680,11 @@ class DeviceAgent:
             deadline=datetime.fromtimestamp(
                 msg.deadline.ToNanoseconds() / 1e9 - self.clock_offset, UTC)
             if msg.HasField("deadline") else None,
-            trace_context=dict(msg.trace_context), device_id=self.device_id,
+            trace_context=dict(msg.trace_context) if msg.trace_context else {},
+            device_id=self.device_id,
             star=_StarView(msg.task) if msg.HasField("task") else {},
             _progress=self._progress_reporter(lease_id, msg.task_id, msg.attempt))
-        session.send(pb.ConnectRequest(ack=pb.AssignmentAck(lease_id=lease_id)))
+        session.send(_ack(lease_id))
         self._running[lease_id] = asyncio.create_task(
             self._execute(assignment, executor), name=f"lease-{lease_id}")
         self.max_running = max(self.max_running, len(self._running))
@@ -621,16 +709,19 @@ class DeviceAgent:
         # This task's own context: every log line of the executor names the star.
         log_context.bind(orion_id=assignment.orion_id or None, star_id=assignment.task_id,
                          device_id=self.device_id)
-        started = time.time()
+        started = time.time_ns()
         result = pb.TaskResult(lease_id=assignment.lease_id, task_id=assignment.task_id,
                                attempt=assignment.attempt)
         try:
-            async with contextlib.nullcontext() if self.tracer is None else \
-                    _span(assignment, self.tracer):
-                async with asyncio.timeout(assignment.timeout):
-                    value = await executor(assignment)
+            if self.tracer is None and assignment.timeout is None:
+                value = await executor(assignment)  # (nothing to wrap it in)
+            else:
+                async with contextlib.nullcontext() if self.tracer is None else \
+                        _span(assignment, self.tracer):
+                    async with asyncio.timeout(assignment.timeout):
+                        value = await executor(assignment)
             try:
-                result.result.CopyFrom(_to_value(value))
+                _set_json(result, value)
                 result.success = True
             except (TypeError, ValueError) as exc:
                 result.error = f"the executor's result is not JSON: {exc}"
@@ -640,22 +731,25 @@ class DeviceAgent:
             result.error = str(exc) or type(exc).__name__
             if exc.result is not None:
                 with contextlib.suppress(TypeError, ValueError):
-                    result.result.CopyFrom(_to_value(exc.result))
+                    _set_json(result, exc.result)
         except Exception as exc:
             logger.info("device %s: lease %s failed: %r", self.device_id,
                         assignment.lease_id, exc)
             result.error = f"{type(exc).__name__}: {exc}"
-        finally:  # cancelled (lease cancel / shutdown): no result, CancelledError propagates
+        except BaseException:  # cancelled (lease cancel / shutdown): no result
             self._running.pop(assignment.lease_id, None)
             self._notify()
+            raise
         # (seconds/nanos set directly: the Timestamp helpers go through datetime)
-        result.started_at.seconds, result.started_at.nanos = divmod(int(started * 1e9), 10 ** 9)
-        result.finished_at.seconds, result.finished_at.nanos = divmod(time.time_ns(), 10 ** 9)
+        result.started_at.seconds, result.started_at.nanos = divmod(started, 1_000_000_000)
+        result.finished_at.seconds, result.finished_at.nanos = divmod(time.time_ns(),
+                                                                      1_000_000_000)
+        self._running.pop(assignment.lease_id, None)
         self.completed += 1
         self._pending[assignment.lease_id] = result
         session = self._session
         if session is not None and not self.hold_results:
-            session.send(pb.ConnectRequest(result=result))
+            session.send(wire.field(_RESULT, result.SerializeToString()))
         self._notify()
 
     def _on_cancel(self, msg: pb.LeaseCancel) -> None:

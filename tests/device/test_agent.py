@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -341,3 +342,33 @@ def test_the_channel_reconnects_on_the_agents_backoff_not_grpcs():
     # An explicit channel option wins.
     mine = DeviceAgent("x:1", "d", channel_options=[("grpc.max_reconnect_backoff_ms", 5)])
     assert dict(mine._channel_options())["grpc.max_reconnect_backoff_ms"] == 5
+
+
+async def test_results_travel_as_json_would_have_them_and_non_json_fails_the_star(harness):
+    # Plain values are encoded field by field, anything else through json (tuples -> lists,
+    # non-string keys -> strings; cycles refused): the same result either way.
+    deep: Any = "leaf"
+    for _ in range(10):
+        deep = {"d": [deep]}
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    values = [None, True, 0, -3, 2.5, "", "é", [], {}, [1, [2, {"a": None}]],
+              {"status": "ok", "n": 2**53, "big": 2**60, "f": 1e300},
+              (1, "x"), {1: "one", None: "null", 2.5: True}, deep]
+    returns = iter(values)
+
+    async def give(assignment: Assignment) -> Any:
+        return next(returns)
+
+    agent = harness.agent("d1", executors={"give": give}, default_executor="give")
+    await harness.connected(agent)
+    for i, value in enumerate(values):
+        got = await harness.orchestrator.execute_single_task(
+            TaskStar(f"t{i}", description="give", target_device_id="d1"))
+        assert got == json.loads(json.dumps(value)), value
+    for bad in (float("nan"), {"x": object()}, ["\ud800"], cycle):
+        returns = iter([bad])
+        with pytest.raises(TaskExecutionError, match="not JSON") as err:
+            await harness.orchestrator.execute_single_task(
+                TaskStar(f"bad{id(bad)}", description="give", target_device_id="d1"))
+        assert err.value.reason == "task_error"
