@@ -181,10 +181,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                         row = await run_orion(fleet, client, shape, args.stars, "bench")
                         rows.append(row)
                         print(benchlib.table([row], COLUMNS).splitlines()[-1], flush=True)
-    idle = await idle_latency(args, server_args)
-    print(f"idle (1 device, capacity 1, one chain of {idle['stars']}): hop p50 "
-          f"{idle['hop_p50_ms']} ms p99 {idle['hop_p99_ms']} ms; dispatch p50 "
-          f"{idle['dispatch_p50_ms']} ms p99 {idle['dispatch_p99_ms']} ms", flush=True)
+    idle = await idle_latency(args, server_args) if args.idle_stars > 0 else None
+    if idle is not None:
+        print(f"idle (1 device, capacity 1, one chain of {idle['stars']}): hop p50 "
+              f"{idle['hop_p50_ms']} ms p99 {idle['hop_p99_ms']} ms; dispatch p50 "
+              f"{idle['dispatch_p50_ms']} ms p99 {idle['dispatch_p99_ms']} ms", flush=True)
     return {"rows": rows, "idle": idle, "store": args.store, "batch": args.batch}
 
 
@@ -195,7 +196,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["wide", "chains"], choices=benchlib.SHAPES)
     ap.add_argument("--devices", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--capacities", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--idle-stars", type=int, default=500)
+    ap.add_argument("--idle-stars", type=int, default=500,
+                    help="length of the idle-latency chain (0: skip that measurement)")
     ap.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
                     help="devices accept message batches (default: yes, as orion device does)")
     ap.add_argument("--store", action="store_true",

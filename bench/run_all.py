@@ -76,9 +76,10 @@ def _grpc(d: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     f"{best['stars_per_s']:,}/s ({best['shape']}, capacity {best['capacity']}; "
                     f"server {best['server_cpu_us_per_star']} CPU µs/star)",
                     best["stars_per_s"] >= 5000))
-    out.append(("idle dispatch p50 < 1 ms",
-                f"dispatch -> received {idle['dispatch_p50_ms']} ms; result -> next star "
-                f"{idle['hop_p50_ms']} ms", idle["dispatch_p50_ms"] < 1))
+    if idle is not None:
+        out.append(("idle dispatch p50 < 1 ms",
+                    f"dispatch -> received {idle['dispatch_p50_ms']} ms; result -> next star "
+                    f"{idle['hop_p50_ms']} ms", idle["dispatch_p50_ms"] < 1))
     return out
 
 
