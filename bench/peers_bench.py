@@ -17,13 +17,17 @@ run there (``bench/peer_run.py``). Each system gets the same number of worker pr
 
 Shapes (benchlib.edges): chains (100 chains of N/100) and fan (root -> N-2 leaves -> sink).
 Cluster start-up is not timed for any system. Prints a table with the ratios Orion/peer
-(tasks per second) and writes bench/results/latest-peers.json.
+(tasks per second) and Orion's CPU per task (the server's, and the daemons' together: user +
+system time over the run / tasks; both share the machine's cores, so together they bound
+the rate), and writes bench/results/latest-peers.json. ``--profile FILE`` records the
+first daemon with py-spy (if installed) during the timed runs: FILE-SHAPE, collapsed stacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -40,7 +44,9 @@ VENV = HERE / ".peers-venv"
 PEERS = ("dask[distributed]==2026.8.0", "ray==2.60.0")
 COLUMNS = [("shape", "shape"), ("stars", "tasks"), ("orion_per_s", "Orion tasks/s"),
            ("dask_per_s", "Dask tasks/s"), ("ray_per_s", "Ray tasks/s"),
-           ("orion_vs_dask", "Orion/Dask"), ("orion_vs_ray", "Orion/Ray")]
+           ("orion_vs_dask", "Orion/Dask"), ("orion_vs_ray", "Orion/Ray"),
+           ("orion_server_cpu_us", "Orion server CPU µs/task"),
+           ("orion_daemons_cpu_us", "Orion daemons CPU µs/task")]
 
 
 def peers_python() -> str:
@@ -65,10 +71,12 @@ def run_peer(python: str, system: str, shape: str, stars: int, workers: int) -> 
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
 
-async def run_orion(shapes: list[str], stars: int, workers: int, capacity: int
-                    ) -> dict[str, float]:
+async def run_orion(shapes: list[str], stars: int, workers: int, capacity: int,
+                    profile: str | None = None) -> dict[str, dict[str, float]]:
+    """Per shape: the seconds of the orion, and the CPU seconds of the server and of the
+    daemons over it."""
     specs = [DeviceSpec(f"worker-{i}", "linux", ("bench",), capacity) for i in range(workers)]
-    seconds = {}
+    runs = {}
     async with LocalFleet(specs, server_args=["--store", "none", *benchlib.BENCH_LIMITS,
                                               "--event-retention",
                                               str(max(50_000, 4 * stars))]) as fleet, \
@@ -76,15 +84,24 @@ async def run_orion(shapes: list[str], stars: int, workers: int, capacity: int
         await client.wait_ready()
         await client.orchestrate_orion(benchlib.orion_pb("wide", 200, "warm"),
                                        assignment_strategy="round_robin")
+        assert fleet.server is not None
+        server, daemons = fleet.server.pid, [d.pid for d in fleet.daemons.values()]
         for shape in shapes:
             orion = benchlib.orion_pb(shape, stars, f"peers-{shape}")
-            start = time.perf_counter()
-            result = await client.orchestrate_orion(orion, assignment_strategy="round_robin",
-                                                    timeout=3600)
-            seconds[shape] = time.perf_counter() - start
+            profiler = benchlib.Profiler(daemons[0], f"{profile}-{shape}") if profile \
+                else contextlib.nullcontext()
+            async with profiler:
+                cpu = [benchlib.cpu_seconds(server), sum(map(benchlib.cpu_seconds, daemons))]
+                start = time.perf_counter()
+                result = await client.orchestrate_orion(
+                    orion, assignment_strategy="round_robin", timeout=3600)
+                seconds = time.perf_counter() - start
+                cpu = [benchlib.cpu_seconds(server) - cpu[0],
+                       sum(map(benchlib.cpu_seconds, daemons)) - cpu[1]]
             if result["status"] != "completed":
                 raise RuntimeError(f"orion {shape} ended {result['status']}")
-    return seconds
+            runs[shape] = {"seconds": seconds, "server_cpu": cpu[0], "daemons_cpu": cpu[1]}
+    return runs
 
 
 def main() -> None:
@@ -97,21 +114,29 @@ def main() -> None:
     ap.add_argument("--peers", nargs="*", default=["dask", "ray"], choices=["dask", "ray"],
                     help="peers to run (none: only Orion's side, no peers venv needed)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="record the first Orion daemon with py-spy (must be installed) during "
+                         "each shape's run: collapsed stacks in FILE-SHAPE")
     args = ap.parse_args()
     if args.quick:
         args.stars = 200
     python = peers_python() if args.peers else ""
-    orion = asyncio.run(run_orion(args.shapes, args.stars, args.workers, args.capacity))
+    orion = asyncio.run(run_orion(args.shapes, args.stars, args.workers, args.capacity,
+                                  args.profile))
     rows = []
     print(benchlib.table([], COLUMNS), flush=True)
     for shape in args.shapes:
         n = args.stars
-        row: dict[str, object] = {"shape": shape, "stars": n, "orion_s": round(orion[shape], 3),
-                                  "orion_per_s": round(n / orion[shape])}
+        run = orion[shape]
+        row: dict[str, object] = {
+            "shape": shape, "stars": n, "orion_s": round(run["seconds"], 3),
+            "orion_per_s": round(n / run["seconds"]),
+            "orion_server_cpu_us": round(1e6 * run["server_cpu"] / n, 1),
+            "orion_daemons_cpu_us": round(1e6 * run["daemons_cpu"] / n, 1)}
         for peer in args.peers:
             seconds = run_peer(python, peer, shape, n, args.workers)
             row.update({f"{peer}_s": round(seconds, 3), f"{peer}_per_s": round(n / seconds),
-                        f"orion_vs_{peer}": round(seconds / orion[shape], 2)})
+                        f"orion_vs_{peer}": round(seconds / run["seconds"], 2)})
         rows.append(row)
         print(benchlib.table([row], COLUMNS).splitlines()[-1], flush=True)
     out = {"rows": rows, "workers": args.workers, "orion_device_capacity": args.capacity,

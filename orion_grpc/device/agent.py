@@ -740,10 +740,12 @@ class DeviceAgent:
             self._running.pop(assignment.lease_id, None)
             self._notify()
             raise
-        # (seconds/nanos set directly: the Timestamp helpers go through datetime)
-        result.started_at.seconds, result.started_at.nanos = divmod(started, 1_000_000_000)
-        result.finished_at.seconds, result.finished_at.nanos = divmod(time.time_ns(),
-                                                                      1_000_000_000)
+        # (seconds/nanos set directly: the Timestamp helpers go through datetime; each
+        # submessage looked up once)
+        stamp = result.started_at
+        stamp.seconds, stamp.nanos = divmod(started, 1_000_000_000)
+        stamp = result.finished_at
+        stamp.seconds, stamp.nanos = divmod(time.time_ns(), 1_000_000_000)
         self._running.pop(assignment.lease_id, None)
         self.completed += 1
         self._pending[assignment.lease_id] = result

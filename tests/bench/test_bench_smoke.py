@@ -70,6 +70,8 @@ def test_peers_bench_orion_side(tmp_path):
     rows = result(tmp_path, "peers")["rows"]
     assert [r["shape"] for r in rows] == ["chains", "fan"]
     assert all(r["orion_per_s"] > 0 for r in rows)
+    # CPU per task from /proc (10 ms ticks: a 200-task run may read 0)
+    assert all(r["orion_server_cpu_us"] >= 0 and r["orion_daemons_cpu_us"] >= 0 for r in rows)
 
 
 def test_run_all_checks_targets_from_the_result_files(tmp_path):
