@@ -199,7 +199,9 @@ def _unchunk(data: bytes) -> list[bytes]:
 
 
 def _rows(rows: Sequence[Sequence[Any]]) -> str:
-    """Rows as the one JSON parameter of a ``json_each`` statement."""
+    """Rows as the one JSON parameter of a ``json_each`` statement. A record stays a nested
+    object, read back as JSON text with ``value->N`` (``->>`` gives scalars as SQL values):
+    each record is encoded once, not once on its own and again escaped inside the rows."""
     return _dumps(rows)
 
 
@@ -261,30 +263,30 @@ class _Commit:
                          (ids,))
         if self.orions:
             conn.execute("INSERT OR REPLACE INTO orions (orion_id, record) "
-                         "SELECT value->>0, value->>1 FROM json_each(?)",
-                         (_rows([(i, _dumps(r)) for i, r in self.orions.items()]),))
+                         "SELECT value->>0, value->1 FROM json_each(?)",
+                         (_rows([(i, r) for i, r in self.orions.items()]),))
         if self.star_sets:
             conn.execute("DELETE FROM stars WHERE orion_id IN (SELECT value FROM json_each(?))",
                          (_rows(list(self.star_sets)),))
             conn.execute("INSERT INTO stars (orion_id, task_id, spec, state) "
-                         "SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)",
-                         (_rows([(o, t, _dumps(spec), _dumps(st))
+                         "SELECT value->>0, value->>1, value->2, value->3 FROM json_each(?)",
+                         (_rows([(o, t, spec, st)
                                  for o, stars in self.star_sets.items()
                                  for t, spec, st in stars]),))
         if self.states:
             conn.execute("UPDATE stars SET state = u.state FROM (SELECT value->>0 AS o, "
-                         "value->>1 AS t, value->>2 AS state FROM json_each(?)) AS u "
+                         "value->>1 AS t, value->2 AS state FROM json_each(?)) AS u "
                          "WHERE stars.orion_id = u.o AND stars.task_id = u.t",
-                         (_rows([(o, t, _dumps(st)) for (o, t), st in self.states.items()]),))
+                         (_rows([(o, t, st) for (o, t), st in self.states.items()]),))
         if self.leases:
             ended = [i for i, r in self.leases.items() if r is None]
-            started = [(i, _dumps(r)) for i, r in self.leases.items() if r is not None]
+            started = [(i, r) for i, r in self.leases.items() if r is not None]
             if ended:
                 conn.execute("DELETE FROM leases WHERE lease_id IN "
                              "(SELECT value FROM json_each(?))", (_rows(ended),))
             if started:
                 conn.execute("INSERT OR REPLACE INTO leases (lease_id, record) "
-                             "SELECT value->>0, value->>1 FROM json_each(?)", (_rows(started),))
+                             "SELECT value->>0, value->1 FROM json_each(?)", (_rows(started),))
         if self.events:
             events = sorted(self.events)
             conn.execute("INSERT OR REPLACE INTO event_chunks VALUES (?, ?, ?)",
@@ -294,8 +296,8 @@ class _Commit:
             conn.execute("DELETE FROM event_chunks WHERE last_seq < ?", (self.events_before,))
         if self.requests:
             conn.execute("INSERT OR REPLACE INTO requests (method, request_id, created, record) "
-                         "SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)",
-                         (_rows([(m, r, float(rec.get("created", 0.0)), _dumps(rec))
+                         "SELECT value->>0, value->>1, value->>2, value->3 FROM json_each(?)",
+                         (_rows([(m, r, float(rec.get("created", 0.0)), rec)
                                  for (m, r), rec in self.requests.items()]),))
         if self.requests_before:
             conn.execute("DELETE FROM requests WHERE created < ?", (self.requests_before,))
