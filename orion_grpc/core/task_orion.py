@@ -28,6 +28,38 @@ if TYPE_CHECKING:
 # Resolution of an edge, stored on the line object (attribute access beats dict lookups).
 UNRESOLVED, SATISFIED, UNSATISFIABLE = 0, 1, 2
 
+# A star's lines in one direction (``TaskStar._lines_out`` / ``_lines_in``, kept by its orion):
+# the shared () while it has none, a list while it has a few, a dict by line id past _HUB (so
+# a hub's lines are removed by key, not by a scan). Most stars have a line or two each way: a
+# dict per direction and star was most of a large orion's memory.
+Lines = tuple[()] | list[TaskStarLine] | dict[str, TaskStarLine]
+_HUB = 16
+
+
+def _each(lines: Lines) -> Iterable[TaskStarLine]:
+    return lines.values() if lines.__class__ is dict else lines  # type: ignore[union-attr]
+
+
+def _with(lines: Lines, line: TaskStarLine) -> Lines:
+    """``lines`` plus ``line`` (appended: iteration follows insertion order)."""
+    if lines.__class__ is dict:
+        lines[line._line_id] = line  # type: ignore[index]
+        return lines
+    if not lines:
+        return [line]
+    lines.append(line)  # type: ignore[union-attr]
+    if len(lines) > _HUB:
+        return {ln._line_id: ln for ln in lines}
+    return lines
+
+
+def _without(lines: Lines, line: TaskStarLine) -> Lines:
+    if lines.__class__ is dict:
+        lines.pop(line._line_id, None)  # type: ignore[union-attr]
+    elif line in lines:
+        lines.remove(line)  # type: ignore[union-attr]
+    return lines
+
 
 def default_orion_id() -> str:
     return f"orion_{datetime.now().strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
@@ -42,8 +74,6 @@ class TaskOrion(JsonSerializable):
         self._name = name or self._orion_id
         self._tasks: dict[str, TaskStar] = {}
         self._dependencies: dict[str, TaskStarLine] = {}
-        self._out: dict[str, dict[str, TaskStarLine]] = {}
-        self._in: dict[str, dict[str, TaskStarLine]] = {}
         self._counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self._ready: dict[str, None] = {}  # ids that became ready since the scheduler last looked
         self._next_ord = 0
@@ -200,8 +230,7 @@ class TaskOrion(JsonSerializable):
     def _attach(self, task: TaskStar) -> None:
         tid = task._task_id
         self._tasks[tid] = task
-        self._out[tid] = {}
-        self._in[tid] = {}
+        task._lines_out = task._lines_in = ()
         task._unresolved = 0
         task._ord = self._next_ord
         self._next_ord += 1
@@ -268,7 +297,7 @@ class TaskOrion(JsonSerializable):
         while stack:
             node = stack.pop()
             forward.append(node)
-            for line in self._out[node._task_id].values():
+            for line in _each(node._lines_out):
                 nxt = self._tasks[line._to_task_id]
                 if nxt is src:
                     self._raise_cycle(src, dst)
@@ -281,7 +310,7 @@ class TaskOrion(JsonSerializable):
         while stack:
             node = stack.pop()
             backward.append(node)
-            for line in self._in[node._task_id].values():
+            for line in _each(node._lines_in):
                 prv = self._tasks[line._from_task_id]
                 if prv._task_id not in seen and prv._ord > lo:
                     seen.add(prv._task_id)
@@ -304,8 +333,8 @@ class TaskOrion(JsonSerializable):
         src = self._tasks[line.from_task_id]
         dst = self._tasks[line.to_task_id]
         self._dependencies[lid] = line
-        self._out[src._task_id][lid] = line
-        self._in[dst._task_id][lid] = line
+        src._lines_out = _with(src._lines_out, line)
+        dst._lines_in = _with(dst._lines_in, line)
         line._resolution = UNRESOLVED
         if dst._status in TERMINAL_STATUSES or dst._status is TaskStatus.RUNNING:
             # Only happens when loading a saved orion; the edge is history.
@@ -332,18 +361,18 @@ class TaskOrion(JsonSerializable):
         if resolution == UNRESOLVED:
             self._link(line)
             return
-        lid = line.line_id
-        self._dependencies[lid] = line
-        self._out[line.from_task_id][lid] = line
-        self._in[line.to_task_id][lid] = line
+        self._dependencies[line.line_id] = line
+        src, dst = self._tasks[line.from_task_id], self._tasks[line.to_task_id]
+        src._lines_out = _with(src._lines_out, line)
+        dst._lines_in = _with(dst._lines_in, line)
         line._resolution = resolution
 
     def _detach(self, task_id: str) -> None:
         """Remove a star added by an edit that is being rolled back (no I3 check)."""
         task = self._tasks[task_id]
-        for line in list(self._in[task_id].values()) + list(self._out[task_id].values()):
+        for line in [*_each(task._lines_in), *_each(task._lines_out)]:
             self._unlink(line)  # needs both endpoints still present
-        del self._tasks[task_id], self._out[task_id], self._in[task_id]
+        del self._tasks[task_id]
         self._counts[task._status] -= 1
         self._ready.pop(task_id, None)
         task._listener = None
@@ -362,9 +391,9 @@ class TaskOrion(JsonSerializable):
         if self._dependencies.get(lid) is not line:
             return
         del self._dependencies[lid]
-        self._out[line.from_task_id].pop(lid, None)
-        self._in[line.to_task_id].pop(lid, None)
-        dst = self._tasks[line.to_task_id]
+        src, dst = self._tasks[line.from_task_id], self._tasks[line.to_task_id]
+        src._lines_out = _without(src._lines_out, line)
+        dst._lines_in = _without(dst._lines_in, line)
         if line._resolution == UNRESOLVED and dst._status in MODIFIABLE_STATUSES:
             self._satisfy_one(dst)
 
@@ -387,18 +416,21 @@ class TaskOrion(JsonSerializable):
         return line
 
     def find_dependency(self, from_task_id: str, to_task_id: str) -> TaskStarLine | None:
-        for line in self._out.get(from_task_id, {}).values():
+        task = self._tasks.get(from_task_id)
+        for line in _each(task._lines_out) if task is not None else ():
             if line.to_task_id == to_task_id:
                 return line
         return None
 
     def get_task_dependencies(self, task_id: str) -> list[TaskStarLine]:
         """Edges into ``task_id`` (its prerequisites)."""
-        return list(self._in.get(task_id, {}).values())
+        task = self._tasks.get(task_id)
+        return list(_each(task._lines_in)) if task is not None else []
 
     def get_task_dependents(self, task_id: str) -> list[TaskStarLine]:
         """Edges out of ``task_id``."""
-        return list(self._out.get(task_id, {}).values())
+        task = self._tasks.get(task_id)
+        return list(_each(task._lines_out)) if task is not None else []
 
     def get_all_dependencies(self) -> list[TaskStarLine]:
         return list(self._dependencies.values())
@@ -438,7 +470,7 @@ class TaskOrion(JsonSerializable):
                                f"({line.dependency_type.value}) can never be satisfied: "
                                f"{line.last_evaluation_note}")
                     cancelled.append(dst)
-                    work.append((dst, list(self._out[dst._task_id].values())))
+                    work.append((dst, list(_each(dst._lines_out))))
         return newly_ready, cancelled
 
     def start_task(self, task_id: str) -> None:
@@ -461,7 +493,7 @@ class TaskOrion(JsonSerializable):
         else:
             task.complete_with_failure(error)
         self._touch()
-        return self._resolve_edges(task, list(self._out[task_id].values()))
+        return self._resolve_edges(task, list(_each(task._lines_out)))
 
     def mark_task_completed(self, task_id: str, success: bool, result: Any = None,
                             error: BaseException | str | None = None) -> list[TaskStar]:
@@ -474,7 +506,7 @@ class TaskOrion(JsonSerializable):
         if task.is_terminal:
             return []
         task.cancel(reason)
-        cancelled = self._resolve_edges(task, list(self._out[task_id].values()))[1]
+        cancelled = self._resolve_edges(task, list(_each(task._lines_out)))[1]
         self._touch()
         return [task, *cancelled]
 
@@ -595,8 +627,8 @@ class TaskOrion(JsonSerializable):
 
         ``depth``, if given, receives every placed star's level (the in-degree table is
         reused for it, so it costs nothing extra)."""
-        indeg = {tid: len(ins) for tid, ins in self._in.items()}
-        out = self._out
+        tasks = self._tasks
+        indeg = {tid: len(t._lines_in) for tid, t in tasks.items()}
         level = [tid for tid, d in indeg.items() if d == 0]
         levels: list[list[str]] = []
         k = 0
@@ -605,7 +637,7 @@ class TaskOrion(JsonSerializable):
             nxt = []
             placed = -2 - k  # a placed star's entry: -1 - its level (a count is never < 0)
             for tid in level:
-                for line in out[tid].values():
+                for line in _each(tasks[tid]._lines_out):
                     dst = line._to_task_id
                     left = indeg[dst] - 1
                     if left == 0:
@@ -639,10 +671,10 @@ class TaskOrion(JsonSerializable):
         if order is None:
             order = self.get_topological_order()
         best: dict[str, float] = {}
-        ins = self._in
+        tasks = self._tasks
         for tid in order:
             b = w = weight[tid]
-            for line in ins[tid].values():
+            for line in _each(tasks[tid]._lines_in):
                 cand = best[line._from_task_id] + w
                 if cand > b:
                     b = cand
@@ -658,7 +690,7 @@ class TaskOrion(JsonSerializable):
             path.append(node)
             w = b = weight[node]
             parent = None
-            for line in ins[node].values():
+            for line in _each(tasks[node]._lines_in):
                 cand = best[line._from_task_id] + w
                 if cand > b:
                     b, parent = cand, line._from_task_id
@@ -673,13 +705,13 @@ class TaskOrion(JsonSerializable):
         parent is the first prerequisite one level up (what ``_longest`` picks)."""
         if not levels:
             return 0, []
-        ins = self._in
+        tasks = self._tasks
         node: str | None = levels[-1][0]
         path: list[str] = []
         while node is not None:
             path.append(node)
             up = depth[node] + 1  # the entry a prerequisite one level up has
-            node = next((line._from_task_id for line in ins[node].values()
+            node = next((line._from_task_id for line in _each(tasks[node]._lines_in)
                          if depth[line._from_task_id] == up), None)
         path.reverse()
         return len(levels), path

@@ -26,6 +26,7 @@ from orion_grpc.core import (
     TaskStarLine,
     TaskStatus,
 )
+from orion_grpc.core import task_orion as task_orion_module
 
 DT = DependencyType
 
@@ -238,6 +239,59 @@ def test_cycle_detection_matches_networkx_hypothesis(case: tuple[int, list[tuple
                                                      ) -> None:
     n, edges = case
     _check_random_edges(n, edges)
+
+
+def test_lines_of_a_star_keep_insertion_order_through_adds_and_removals() -> None:
+    # A star's lines are kept as (), a short list or, past a few dozen, a dict by line id
+    # (task_orion.Lines); whatever the form, they must read back in insertion order. A hub
+    # with far more lines than the list holds, random removals of lines and stars, against
+    # a plain model.
+    rng = random.Random(7)
+    ids = ["hub", *(f"s{i}" for i in range(60))]
+    orion = make_orion(*ids)
+    out: dict[str, list[str]] = {tid: [] for tid in ids}
+    ins: dict[str, list[str]] = {tid: [] for tid in ids}
+    ends: dict[str, tuple[str, str]] = {}
+    hub_peak = 0
+    for step in range(1500):
+        roll = rng.random()
+        if roll < 0.65:
+            a, b = sorted(rng.sample(range(len(ids)), 2))  # forward only: never a cycle
+            src, dst = ids[a], ids[b]
+            if rng.random() < 0.7:
+                src = "hub" if "hub" in out else src
+            if src == dst or any(ends[lid] == (src, dst) for lid in out.get(src, [])):
+                continue
+            lid = f"{src}->{dst}#{step}"
+            link(orion, src, dst, line_id=lid)
+            out[src].append(lid)
+            ins[dst].append(lid)
+            ends[lid] = (src, dst)
+        elif roll < 0.97 and ends:
+            lid = rng.choice(sorted(ends))
+            orion.remove_dependency(lid)
+            src, dst = ends.pop(lid)
+            out[src].remove(lid)
+            ins[dst].remove(lid)
+        elif roll >= 0.97 and len(out) > 2:
+            tid = rng.choice(sorted(out))
+            orion.remove_task(tid)
+            for lid in out.pop(tid) + ins.pop(tid):
+                src, dst = ends.pop(lid)
+                if src != tid:
+                    out[src].remove(lid)
+                if dst != tid:
+                    ins[dst].remove(lid)
+            orion.add_task(TaskStar(task_id=tid, description=f"do {tid}"))
+            out[tid], ins[tid] = [], []
+        hub_peak = max(hub_peak, len(out.get("hub", ())))
+        for tid in out:
+            assert [ln.line_id for ln in orion.get_task_dependents(tid)] == out[tid]
+            assert [ln.line_id for ln in orion.get_task_dependencies(tid)] == ins[tid]
+    assert hub_peak > 2 * task_orion_module._HUB  # the dict form was exercised
+    assert orion.dependency_count == len(ends)
+    assert_order_consistent(orion)
+    assert orion.validate_dag() == (True, [])
 
 
 # --------------------------------------------------------------------------- validate_dag
