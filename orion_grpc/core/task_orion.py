@@ -620,25 +620,42 @@ class TaskOrion(JsonSerializable):
                 return False
         return True
 
-    def _levels(self, depth: dict[str, int] | None = None) -> list[list[str]]:
+    def _levels(self, depth: dict[str, int] | None = None,
+                timed: dict[str, float] | None = None) -> list[list[str]]:
         """Kahn's algorithm level by level (a star's level is one more than its deepest
         prerequisite's); stars on a cycle are in no level. Concatenated, the levels are the
         FIFO Kahn order. One pass gives the statistics both the order and the width.
 
         ``depth``, if given, receives every placed star's level (the in-degree table is
-        reused for it, so it costs nothing extra)."""
+        reused for it, so it costs nothing extra). ``timed``, if given, receives every placed
+        star's heaviest path by execution duration, what ``_longest`` computes from the
+        durations (every prerequisite of a star is placed before it, so the same pass can
+        carry the best sum forward: no second walk over a large orion's stars and lines)."""
         tasks = self._tasks
         indeg = {tid: len(t._lines_in) for tid, t in tasks.items()}
         level = [tid for tid, d in indeg.items() if d == 0]
         levels: list[list[str]] = []
+        top: dict[str, float] = {}  # (timed) the best sum among a star's placed prerequisites
         k = 0
         while level:
             levels.append(level)
             nxt = []
             placed = -2 - k  # a placed star's entry: -1 - its level (a count is never < 0)
             for tid in level:
-                for line in _each(tasks[tid]._lines_out):
+                task = tasks[tid]
+                if timed is not None:
+                    # As _longest: w, or the best prerequisite's sum + w if that is more.
+                    b = w = task.execution_duration or 0.0
+                    up = top.get(tid)
+                    if up is not None and up + w > w:
+                        b = up + w
+                    timed[tid] = b
+                for line in _each(task._lines_out):
                     dst = line._to_task_id
+                    if timed is not None:
+                        up = top.get(dst)
+                        if up is None or b > up:
+                            top[dst] = b
                     left = indeg[dst] - 1
                     if left == 0:
                         nxt.append(dst)
@@ -682,13 +699,19 @@ class TaskOrion(JsonSerializable):
         if not best:
             return 0.0, []
         end = max(order, key=best.__getitem__)
-        # Walk back along the path, choosing each parent exactly as the pass above would
-        # have (the first prerequisite giving the best sum): no parent table for every star.
+        return best[end], self._path_back(end, best, weight.__getitem__)
+
+    def _path_back(self, end: str, best: dict[str, float], weight: Callable[[str], float]
+                   ) -> list[str]:
+        """The heaviest path ending at ``end``, walked back choosing each parent exactly as
+        the forward pass would have (the first prerequisite, in insertion order, giving the
+        best sum): no parent table for every star."""
+        tasks = self._tasks
         path: list[str] = []
         node: str | None = end
         while node is not None:
             path.append(node)
-            w = b = weight[node]
+            w = b = weight(node)
             parent = None
             for line in _each(tasks[node]._lines_in):
                 cand = best[line._from_task_id] + w
@@ -696,7 +719,7 @@ class TaskOrion(JsonSerializable):
                     b, parent = cand, line._from_task_id
             node = parent
         path.reverse()
-        return best[end], path
+        return path
 
     def _longest_by_count(self, levels: list[list[str]], depth: dict[str, int]
                           ) -> tuple[int, list[str]]:
@@ -739,27 +762,35 @@ class TaskOrion(JsonSerializable):
         return self._longest({tid: (t.execution_duration or 0.0) if t._status is completed
                               else 0.0 for tid, t in self._tasks.items()})
 
-    def _durations(self) -> dict[str, float]:
-        return {tid: t.execution_duration or 0.0 for tid, t in self._tasks.items()}
-
     def get_total_work(self) -> float:
-        return sum(self._durations().values())
+        return sum(t.execution_duration or 0.0 for t in self._tasks.values())
 
-    def get_parallelism_metrics(self) -> dict[str, Any]:
-        if not self._tasks:
-            return {"critical_path_length": 0, "total_work": 0, "parallelism_ratio": 0.0,
-                    "calculation_mode": "empty", "critical_path_tasks": []}
+    def _analyse(self) -> tuple[list[list[str]], dict[str, int], dict[str, float] | None]:
+        """One Kahn pass for what the statistics need: the levels (order and width), every
+        star's level (the longest path by count) and, once complete, every star's heaviest
+        path by duration (the critical path). Raises on a cycle."""
         depth: dict[str, int] = {}
-        levels = self._levels(depth)
+        timed: dict[str, float] | None = {} if self.is_complete() else None
+        levels = self._levels(depth, timed) if self._tasks else []
         if sum(map(len, levels)) != len(self._tasks):
             raise ValueError("DAG contains cycles")
-        return self._parallelism(levels, depth)
+        return levels, depth, timed
 
-    def _parallelism(self, levels: list[list[str]], depth: dict[str, int]) -> dict[str, Any]:
-        if self.is_complete():
-            durations = self._durations()
-            length, path = self._longest(durations, [tid for level in levels for tid in level])
-            work: float = sum(durations.values())
+    def get_parallelism_metrics(self) -> dict[str, Any]:
+        return self._parallelism(*self._analyse())
+
+    def _parallelism(self, levels: list[list[str]], depth: dict[str, int],
+                     timed: dict[str, float] | None) -> dict[str, Any]:
+        if not levels:
+            return {"critical_path_length": 0, "total_work": 0, "parallelism_ratio": 0.0,
+                    "calculation_mode": "empty", "critical_path_tasks": []}
+        if timed is not None:
+            tasks = self._tasks
+            end = max((tid for level in levels for tid in level), key=timed.__getitem__)
+            length = timed[end]
+            path = self._path_back(end, timed,
+                                   lambda tid: tasks[tid].execution_duration or 0.0)
+            work: float = self.get_total_work()
             mode = "actual_time"
         else:
             n, path = self._longest_by_count(levels, depth)
@@ -769,15 +800,9 @@ class TaskOrion(JsonSerializable):
                 "calculation_mode": mode, "critical_path_tasks": path}
 
     def get_statistics(self) -> dict[str, Any]:
-        # One Kahn pass for the order, the width, the levels and the longest path by count,
-        # shared by the critical path (one more pass, by duration, once complete).
-        depth: dict[str, int] = {}
-        levels = self._levels(depth) if self._tasks else []
-        if sum(map(len, levels)) != len(self._tasks):
-            raise ValueError("DAG contains cycles")
+        levels, depth, timed = self._analyse()
         longest, longest_tasks = self._longest_by_count(levels, depth)
-        metrics = self._parallelism(levels, depth) if levels else \
-            self.get_parallelism_metrics()
+        metrics = self._parallelism(levels, depth, timed)
         return {
             "orion_id": self._orion_id,
             "name": self._name,
