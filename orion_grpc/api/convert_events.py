@@ -57,6 +57,9 @@ _EVENT_TASK = event_pb2.Event.DESCRIPTOR.fields_by_name["task"].number
 _PAYLOAD_RESULT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["result"].number
 _PAYLOAD_SNAPSHOT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["snapshot"].number
 _STAR_RESULT = task_star_pb2.TaskStar.DESCRIPTOR.fields_by_name["result"].number
+# ... and an ended orion's event (OrionResultRecord.encode).
+_EVENT_ORION = event_pb2.Event.DESCRIPTOR.fields_by_name["orion"].number
+_ORION_RESULT = event_pb2.OrionEventPayload.DESCRIPTOR.fields_by_name["result"].number
 
 # Keys of Event.data that hold live engine objects, not data.
 _OBJECT_KEYS = frozenset({"orion", "new_orion"})
@@ -78,6 +81,18 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     if isinstance(event, TaskEvent):
         return event_pb2.Event.FromString(
             TaskEventRecord(event).encode(sequence, resume_token)), None
+    pb, snapshot, result = event_parts(event, sequence, resume_token, previous_device_status,
+                                       orion_snapshot=orion_snapshot)
+    if result is not None:
+        result_to_pb(result, pb.orion_id, pb.orion.result)
+    return pb, snapshot
+
+
+def event_parts(event: Event, sequence: int, resume_token: str,
+                previous_device_status: str | None = None, *, orion_snapshot: bool = True
+                ) -> tuple[event_pb2.Event, orion_pb2.TaskOrion | None, dict[str, Any] | None]:
+    """``event_to_pb`` (for any but task events) with an ended orion's result left out: the
+    result dict to encode into ``orion.result`` (O(stars): see ``OrionResultRecord``)."""
     pb = event_pb2.Event(sequence=sequence, resume_token=resume_token,
                          type=EVENT_TYPE_TO_PB.get(event.event_type, 0),
                          source=event.source_id or "")
@@ -86,8 +101,9 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
     data = event.data or {}
     _data_struct(data, pb.data)
     snapshot: orion_pb2.TaskOrion | None = None
+    result: dict[str, Any] | None = None
     if isinstance(event, OrionEvent):
-        snapshot = _orion_event(event, data, pb, orion_snapshot)
+        snapshot, result = _orion_event(event, data, pb, orion_snapshot)
     elif isinstance(event, DeviceEvent):
         pb.device_id = event.device_id
         payload = pb.device
@@ -108,7 +124,7 @@ def event_to_pb(event: Event, sequence: int, resume_token: str,
             dict_to_struct(output, payload.data)
         pb.orion_id = str(data.get("orion_id") or "")
         pb.device_id = str(data.get("device_id") or "")
-    return pb, snapshot
+    return pb, snapshot, result
 
 
 class TaskEventRecord:
@@ -225,8 +241,32 @@ def _value_bytes(value: Any, cache: dict[int, bytes]) -> bytes:
     return encoded
 
 
+class OrionResultRecord:
+    """An ended orion's event whose result is encoded when first read: the result of every
+    star is O(stars) to encode, and the caller that waited for it gets it in its reply anyway.
+    The rest of the event (summary, state) is encoded at once, from the live orion; the
+    result dict is captured when the event is logged (an ended orion's stars do not change)."""
+
+    __slots__ = ("head", "result", "type", "orion_id")
+    task_id = device_id = ""
+
+    def __init__(self, pb: event_pb2.Event, result: dict[str, Any]) -> None:
+        self.head = pb.SerializeToString()
+        self.result = result
+        self.type = pb.type
+        self.orion_id = pb.orion_id
+
+    def encode(self, sequence: int, resume_token: str) -> bytes:
+        """The whole event (``sequence`` and token are already in the head)."""
+        result = result_to_pb(self.result, self.orion_id).SerializeToString()
+        return self.head + wire.field(_EVENT_ORION, wire.field(_ORION_RESULT, result))
+
+
 def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event,
-                 want_snapshot: bool) -> orion_pb2.TaskOrion | None:
+                 want_snapshot: bool
+                 ) -> tuple[orion_pb2.TaskOrion | None, dict[str, Any] | None]:
+    """Fill ``pb`` but the result; returns the snapshot (if wanted) and the result dict of an
+    ended orion (to encode into ``pb.orion.result``)."""
     pb.orion_id = event.orion_id
     payload = pb.orion
     payload.orion_id = event.orion_id
@@ -237,16 +277,17 @@ def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event
     payload.on_task_ids.extend(str(t) for t in (on_task_ids or []))
     orion = data.get("orion")
     if not isinstance(orion, _TaskOrion):
-        return None
+        return None, None
     summary_to_pb(orion, None, payload.summary)
     payload.summary.state = payload.state or ORION_STATE_TO_PB.get(orion.state, 0)
+    result = None
     if pb.type in TERMINAL_ORION_EVENTS:
         result = result_from_orion(orion, data.get("statistics"))
         state = _by_value(OrionState, event.orion_state)
         if state is not None:
             result["status"] = state.value
-        result_to_pb(result, orion.orion_id, payload.result)
-    return orion_to_pb(orion) if want_snapshot else None
+    return (orion_to_pb(orion) if want_snapshot else None), result
 
 
-__all__ = ["EVENT_TYPE_TO_PB", "DeviceEventRecord", "TaskEventRecord", "event_to_pb", "plain"]
+__all__ = ["EVENT_TYPE_TO_PB", "DeviceEventRecord", "OrionResultRecord", "TaskEventRecord",
+           "event_parts", "event_to_pb", "plain"]

@@ -36,13 +36,13 @@ from ..core.journal import Journal
 from ..gen.orion.v1 import event_pb2, event_service_pb2
 from . import wire
 from .convert import set_timestamp
-from .convert_events import DeviceEventRecord, TaskEventRecord, event_to_pb
+from .convert_events import DeviceEventRecord, OrionResultRecord, TaskEventRecord, event_parts
 from .errors import ApiError
 
 TOKEN_VERSION = "v1"
 
 # What LogEntry.lazy keeps until the event is first read.
-EventRecord = TaskEventRecord | DeviceEventRecord
+EventRecord = TaskEventRecord | DeviceEventRecord | OrionResultRecord
 
 
 # Field numbers used to frame encoded events by hand (see wire.py): WatchEventsResponse.event /
@@ -58,8 +58,9 @@ class LogEntry:
     """One logged event, encoded once (``data``: an ``orion.v1.Event`` without the orion
     snapshot) and framed once for every watcher: all watchers send the same bytes.
 
-    Star and device events are encoded when first read (``record``: see ``TaskEventRecord``):
-    with no watcher and no store, nobody ever reads most of them."""
+    Star and device events, and an ended orion's result, are encoded when first read
+    (``record``: see ``TaskEventRecord``): with no watcher and no store, nobody ever reads
+    most of them."""
 
     __slots__ = ("sequence", "_data", "record", "snapshot", "type", "orion_id", "task_id",
                  "device_id", "_framed", "_token")
@@ -195,10 +196,14 @@ class EventLog(IEventObserver):
         else:
             # A whole-orion snapshot costs O(stars) in time and memory: take it only while a
             # watcher that asked for snapshots is connected.
-            pb, snapshot = event_to_pb(event, seq, self.token(seq),
-                                       orion_snapshot=self.snapshot_watchers > 0)
-            entry = LogEntry.of(seq, pb, None,
-                                snapshot.SerializeToString() if snapshot is not None else None)
+            pb, snapshot, result = event_parts(event, seq, self.token(seq),
+                                               orion_snapshot=self.snapshot_watchers > 0)
+            if result is None:
+                entry = LogEntry.of(seq, pb)
+            else:
+                entry = LogEntry.lazy(seq, OrionResultRecord(pb, result), self.token)
+            if snapshot is not None:
+                entry.snapshot = snapshot.SerializeToString()
         self._entries.append(entry)
         if len(self._entries) > self.retention:
             self._entries.popleft()

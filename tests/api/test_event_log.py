@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from orion_grpc.api import convert
-from orion_grpc.api.convert_events import EVENT_TYPE_TO_PB
+from orion_grpc.api.convert_events import EVENT_TYPE_TO_PB, event_to_pb
 from orion_grpc.api.errors import ApiError
 from orion_grpc.api.event_log import EventLog
-from orion_grpc.core import DeviceEvent, EventType, TaskEvent, TaskOrion
+from orion_grpc.core import DeviceEvent, EventType, OrionEvent, TaskEvent, TaskOrion
 from orion_grpc.core.spec import orion_from_spec
 from orion_grpc.core.task_star import TaskFailure
 from orion_grpc.gen.orion.v1 import device_pb2, event_pb2, task_star_pb2
@@ -210,3 +210,19 @@ def test_device_events_are_encoded_on_first_read_with_the_status_they_replaced()
     assert (idle.event.device.status, idle.event.device.previous_status) == \
         (device_pb2.DEVICE_STATUS_IDLE, device_pb2.DEVICE_STATUS_BUSY)
     assert busy.event.device.status == device_pb2.DEVICE_STATUS_BUSY and busy.record is None
+
+
+def test_an_ended_orions_result_is_encoded_on_first_read_and_equals_the_eager_encoding():
+    orion = star_orion()
+    for task_id, result in (("a", {"out": [1, 2]}), ("b", "done")):
+        orion.get_task(task_id).start_execution()
+        orion.finish_task(task_id, True, result)
+    orion.complete_execution()
+    done = OrionEvent(EventType.ORION_COMPLETED, "orch", time.time(),
+                      {"orion": orion, "statistics": orion.get_statistics()}, "o", "completed")
+    log = EventLog(retention=10)
+    entry = log.append(done)
+    assert entry.record is not None  # the result is not encoded until someone reads it
+    expected, _ = event_to_pb(done, 1, log.token(1))
+    assert entry.event == expected
+    assert convert.value_from_pb(entry.event.orion.result.results["a"]) == {"out": [1, 2]}
