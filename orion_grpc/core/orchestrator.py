@@ -557,11 +557,9 @@ class _Run:
         sync.merge_and_sync_orion_states(self.orion)
 
     def _intake(self) -> None:
-        for task_id in self.orion.pop_ready_ids():
-            if task_id in self.backoff:
-                continue
-            task = self.orion._tasks.get(task_id)
-            if task is not None:
+        backoff = self.backoff
+        for task in self.orion.pop_ready():
+            if task._task_id not in backoff:
                 self._enqueue(task)
 
     def _enqueue(self, task: TaskStar, since: float | None = None) -> None:
@@ -648,7 +646,7 @@ class _Run:
         if task is None or task._status is not TaskStatus.RUNNING:
             return
         if outcome.success:
-            ready, cancelled = orion.finish_task(task.task_id, True, outcome.result)
+            ready, cancelled = orion._finish_star(task, True, outcome.result)
             if orch._event_bus.has_subscribers(EventType.TASK_COMPLETED):
                 orch._publish_task(EventType.TASK_COMPLETED, task, orion,
                                    {"newly_ready_tasks": [t.task_id for t in ready]})
@@ -667,7 +665,7 @@ class _Run:
                 "reason": outcome.reason, "error": outcome.error, "retry_in": delay,
                 "failed_device_id": lease.device_id})
             return
-        ready, cancelled = orion.finish_task(task.task_id, False, error=error)
+        ready, cancelled = orion._finish_star(task, False, error=error)
         orch._publish_task(EventType.TASK_FAILED, task, orion,
                            {"newly_ready_tasks": [t.task_id for t in ready],
                             "reason": outcome.reason})

@@ -61,6 +61,18 @@ def _without(lines: Lines, line: TaskStarLine) -> Lines:
     return lines
 
 
+def _duration(task: TaskStar) -> float:
+    return task.execution_duration or 0.0
+
+
+def _completed_duration(task: TaskStar) -> float:
+    return (task.execution_duration or 0.0) if task._status is TaskStatus.COMPLETED else 0.0
+
+
+def _best_of(task: TaskStar) -> float:
+    return task._best  # type: ignore[return-value]
+
+
 def default_orion_id() -> str:
     return f"orion_{datetime.now().strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
 
@@ -75,7 +87,8 @@ class TaskOrion(JsonSerializable):
         self._tasks: dict[str, TaskStar] = {}
         self._dependencies: dict[str, TaskStarLine] = {}
         self._counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
-        self._ready: dict[str, None] = {}  # ids that became ready since the scheduler last looked
+        # Stars that became ready since the scheduler last looked, by id.
+        self._ready: dict[str, TaskStar] = {}
         self._next_ord = 0
         self._scheduling = False  # set by start_execution: maintain WAITING_DEPENDENCY
         self._cancel_requested = False
@@ -201,21 +214,24 @@ class TaskOrion(JsonSerializable):
         counts[old] -= 1
         counts[new] += 1
         if new is TaskStatus.PENDING and task._unresolved == 0:
-            self._ready[task._task_id] = None
+            self._ready[task._task_id] = task
         elif new not in MODIFIABLE_STATUSES:
             self._ready.pop(task._task_id, None)
         if self._journal is not None:
             self._journal.star_changed(self, task)
 
-    def pop_ready_ids(self) -> list[str]:
-        """Ids that became ready since the last call (the scheduler re-checks each one)."""
-        ready = list(self._ready)
+    def pop_ready(self) -> list[TaskStar]:
+        """Stars that became ready since the last call (the scheduler re-checks each one)."""
+        ready = list(self._ready.values())
         self._ready.clear()
         return ready
 
+    def pop_ready_ids(self) -> list[str]:
+        return [task._task_id for task in self.pop_ready()]
+
     def is_dispatchable(self, task: TaskStar) -> bool:
         """True if ``task`` belongs here, is pending and has every prerequisite satisfied."""
-        return (self._tasks.get(task._task_id) is task
+        return (task._listener is self  # attached here, not removed since (no lookup by id)
                 and task._status in MODIFIABLE_STATUSES
                 and task._unresolved == 0)
 
@@ -239,7 +255,7 @@ class TaskOrion(JsonSerializable):
         if task._status is TaskStatus.WAITING_DEPENDENCY:
             task._mark_waiting(False)  # no prerequisites yet: it is ready (listener queues it)
         elif task._status is TaskStatus.PENDING:
-            self._ready[tid] = None
+            self._ready[tid] = task
 
     def get_task(self, task_id: str) -> TaskStar | None:
         return self._tasks.get(task_id)
@@ -298,7 +314,7 @@ class TaskOrion(JsonSerializable):
             node = stack.pop()
             forward.append(node)
             for line in _each(node._lines_out):
-                nxt = self._tasks[line._to_task_id]
+                nxt = line._dst
                 if nxt is src:
                     self._raise_cycle(src, dst)
                 if nxt._task_id not in seen and nxt._ord < hi:
@@ -311,7 +327,7 @@ class TaskOrion(JsonSerializable):
             node = stack.pop()
             backward.append(node)
             for line in _each(node._lines_in):
-                prv = self._tasks[line._from_task_id]
+                prv = line._src
                 if prv._task_id not in seen and prv._ord > lo:
                     seen.add(prv._task_id)
                     stack.append(prv)
@@ -333,6 +349,7 @@ class TaskOrion(JsonSerializable):
         src = self._tasks[line.from_task_id]
         dst = self._tasks[line.to_task_id]
         self._dependencies[lid] = line
+        line._src, line._dst = src, dst
         src._lines_out = _with(src._lines_out, line)
         dst._lines_in = _with(dst._lines_in, line)
         line._resolution = UNRESOLVED
@@ -363,6 +380,7 @@ class TaskOrion(JsonSerializable):
             return
         self._dependencies[line.line_id] = line
         src, dst = self._tasks[line.from_task_id], self._tasks[line.to_task_id]
+        line._src, line._dst = src, dst
         src._lines_out = _with(src._lines_out, line)
         dst._lines_in = _with(dst._lines_in, line)
         line._resolution = resolution
@@ -391,9 +409,10 @@ class TaskOrion(JsonSerializable):
         if self._dependencies.get(lid) is not line:
             return
         del self._dependencies[lid]
-        src, dst = self._tasks[line.from_task_id], self._tasks[line.to_task_id]
-        src._lines_out = _without(src._lines_out, line)
-        dst._lines_in = _without(dst._lines_in, line)
+        src, dst = line._src, line._dst
+        line._src = line._dst = None
+        src._lines_out = _without(src._lines_out, line)  # type: ignore[union-attr]
+        dst._lines_in = _without(dst._lines_in, line)  # type: ignore[union-attr]
         if line._resolution == UNRESOLVED and dst._status in MODIFIABLE_STATUSES:
             self._satisfy_one(dst)
 
@@ -440,7 +459,7 @@ class TaskOrion(JsonSerializable):
         dst._unresolved -= 1
         if dst._unresolved == 0:
             dst._mark_waiting(False)
-            self._ready[dst._task_id] = None
+            self._ready[dst._task_id] = dst
             return True
         return False
 
@@ -450,14 +469,13 @@ class TaskOrion(JsonSerializable):
         newly_ready: list[TaskStar] = []
         cancelled: list[TaskStar] = []
         work: deque[tuple[TaskStar, Iterable[TaskStarLine]]] = deque([(src, lines)])
-        tasks = self._tasks
         while work:
             prereq, edges = work.popleft()
             status, result, error = prereq._status, prereq._result, prereq._error
             for line in edges:
                 if line._resolution != UNRESOLVED:
                     continue
-                dst = tasks[line._to_task_id]
+                dst = line._dst
                 ok = line.evaluate_for(status, result, error)
                 line._resolution = SATISFIED if ok else UNSATISFIABLE
                 if dst._status not in MODIFIABLE_STATUSES:
@@ -485,7 +503,13 @@ class TaskOrion(JsonSerializable):
                     error: BaseException | str | None = None
                     ) -> tuple[list[TaskStar], list[TaskStar]]:
         """Complete or fail a star; returns (newly ready, newly cancelled) stars."""
-        task = self.require_task(task_id)
+        return self._finish_star(self.require_task(task_id), success, result, error)
+
+    def _finish_star(self, task: TaskStar, success: bool, result: Any = None,
+                     error: BaseException | str | None = None
+                     ) -> tuple[list[TaskStar], list[TaskStar]]:
+        """``finish_task`` of a star of this orion at hand (no lookup by id)."""
+        task_id = task._task_id
         if task._status in MODIFIABLE_STATUSES:
             self.start_task(task_id)
         if success:
@@ -620,57 +644,60 @@ class TaskOrion(JsonSerializable):
                 return False
         return True
 
-    def _levels(self, depth: dict[str, int] | None = None,
-                timed: dict[str, float] | None = None) -> list[list[str]]:
+    def _levels(self, weight: Callable[[TaskStar], float] | None = None
+                ) -> list[list[TaskStar]]:
         """Kahn's algorithm level by level (a star's level is one more than its deepest
         prerequisite's); stars on a cycle are in no level. Concatenated, the levels are the
-        FIFO Kahn order. One pass gives the statistics both the order and the width.
+        FIFO Kahn order. One pass gives the statistics the order, the width, every star's
+        level and, with ``weight``, every star's heaviest path (every prerequisite of a star
+        is placed before it, so the best sum is carried forward in the same pass).
 
-        ``depth``, if given, receives every placed star's level (the in-degree table is
-        reused for it, so it costs nothing extra). ``timed``, if given, receives every placed
-        star's heaviest path by execution duration, what ``_longest`` computes from the
-        durations (every prerequisite of a star is placed before it, so the same pass can
-        carry the best sum forward: no second walk over a large orion's stars and lines)."""
-        tasks = self._tasks
-        indeg = {tid: len(t._lines_in) for tid, t in tasks.items()}
-        level = [tid for tid, d in indeg.items() if d == 0]
-        levels: list[list[str]] = []
-        top: dict[str, float] = {}  # (timed) the best sum among a star's placed prerequisites
-        k = 0
+        It works on the star objects and leaves its results on them (``_mark`` = -1 - the
+        star's level; ``_best`` = its heaviest path): on a large orion, tables keyed by star
+        id cost a cache miss per lookup, where the star is at hand anyway."""
+        level: list[TaskStar] = []
+        for task in self._tasks.values():
+            task._mark = len(task._lines_in) or -1  # prerequisites to wait for; -1: level 0
+            task._best = None
+            if task._mark == -1:
+                level.append(task)
+        levels: list[list[TaskStar]] = []
+        placed = -2  # the mark of the level being filled: -1 - its number
         while level:
             levels.append(level)
             nxt = []
-            placed = -2 - k  # a placed star's entry: -1 - its level (a count is never < 0)
-            for tid in level:
-                task = tasks[tid]
-                if timed is not None:
-                    # As _longest: w, or the best prerequisite's sum + w if that is more.
-                    b = w = task.execution_duration or 0.0
-                    up = top.get(tid)
+            for task in level:
+                if weight is not None:
+                    # w, or the best prerequisite's sum + w if that is more (as a path walk
+                    # in insertion order with a strict > would choose).
+                    b = w = weight(task)
+                    up = task._best
                     if up is not None and up + w > w:
                         b = up + w
-                    timed[tid] = b
+                    task._best = b
                 for line in _each(task._lines_out):
-                    dst = line._to_task_id
-                    if timed is not None:
-                        up = top.get(dst)
-                        if up is None or b > up:
-                            top[dst] = b
-                    left = indeg[dst] - 1
+                    dst = line._dst
+                    if weight is not None and (dst._best is None or b > dst._best):
+                        dst._best = b
+                    left = dst._mark - 1
                     if left == 0:
                         nxt.append(dst)
                         left = placed
-                    indeg[dst] = left
+                    dst._mark = left
             level = nxt
-            k += 1
-        if depth is not None:
-            for tid in levels[0] if levels else ():
-                indeg[tid] = -1
-            depth.update(indeg)
+            placed -= 1
+        return levels
+
+    def _placed_levels(self, weight: Callable[[TaskStar], float] | None = None
+                       ) -> list[list[TaskStar]]:
+        """``_levels``, raising if some star is on a cycle."""
+        levels = self._levels(weight)
+        if sum(map(len, levels)) != len(self._tasks):
+            raise ValueError("DAG contains cycles")
         return levels
 
     def _kahn(self) -> list[str]:
-        return [tid for level in self._levels() for tid in level]
+        return [task._task_id for level in self._levels() for task in level]
 
     def has_cycle(self) -> bool:
         return not self._edges_forward() and len(self._kahn()) != len(self._tasks)
@@ -681,128 +708,90 @@ class TaskOrion(JsonSerializable):
             raise ValueError("DAG contains cycles")
         return order
 
-    def _longest(self, weight: dict[str, float], order: list[str] | None = None
-                 ) -> tuple[float, list[str]]:
-        """Heaviest path by node weights, in one topological pass (ties: the earliest end in
-        ``order``, and at each step the first prerequisite in insertion order)."""
-        if order is None:
-            order = self.get_topological_order()
-        best: dict[str, float] = {}
-        tasks = self._tasks
-        for tid in order:
-            b = w = weight[tid]
-            for line in _each(tasks[tid]._lines_in):
-                cand = best[line._from_task_id] + w
-                if cand > b:
-                    b = cand
-            best[tid] = b
-        if not best:
+    @staticmethod
+    def _heaviest(levels: list[list[TaskStar]], weight: Callable[[TaskStar], float]
+                  ) -> tuple[float, list[str]]:
+        """The heaviest path after ``_levels(weight)``: it ends at the first star in Kahn
+        order with the largest sum, and is walked back choosing each parent as a forward
+        walk over the prerequisites in insertion order would (the first giving the best sum,
+        by a strict >): no parent table for every star."""
+        if not levels:
             return 0.0, []
-        end = max(order, key=best.__getitem__)
-        return best[end], self._path_back(end, best, weight.__getitem__)
-
-    def _path_back(self, end: str, best: dict[str, float], weight: Callable[[str], float]
-                   ) -> list[str]:
-        """The heaviest path ending at ``end``, walked back choosing each parent exactly as
-        the forward pass would have (the first prerequisite, in insertion order, giving the
-        best sum): no parent table for every star."""
-        tasks = self._tasks
+        end = max((task for level in levels for task in level), key=_best_of)
         path: list[str] = []
-        node: str | None = end
+        node: TaskStar | None = end
         while node is not None:
-            path.append(node)
+            path.append(node._task_id)
             w = b = weight(node)
             parent = None
-            for line in _each(tasks[node]._lines_in):
-                cand = best[line._from_task_id] + w
+            for line in _each(node._lines_in):
+                cand = line._src._best + w
                 if cand > b:
-                    b, parent = cand, line._from_task_id
+                    b, parent = cand, line._src
             node = parent
         path.reverse()
-        return path
+        return end._best, path  # type: ignore[return-value]
 
-    def _longest_by_count(self, levels: list[list[str]], depth: dict[str, int]
-                          ) -> tuple[int, list[str]]:
-        """``_longest`` with every weight 1, read off Kahn's levels: a star's heaviest path
-        has its level + 1 stars, the path ends at the first star of the last level, and its
-        parent is the first prerequisite one level up (what ``_longest`` picks)."""
+    @staticmethod
+    def _longest_by_count(levels: list[list[TaskStar]]) -> tuple[int, list[str]]:
+        """The heaviest path with every weight 1, read off ``_levels``: a star's has its
+        level + 1 stars, the path ends at the first star of the last level, and its parent is
+        the first prerequisite one level up (what ``_heaviest`` would pick)."""
         if not levels:
             return 0, []
-        tasks = self._tasks
-        node: str | None = levels[-1][0]
+        node: TaskStar | None = levels[-1][0]
         path: list[str] = []
         while node is not None:
-            path.append(node)
-            up = depth[node] + 1  # the entry a prerequisite one level up has
-            node = next((line._from_task_id for line in _each(tasks[node]._lines_in)
-                         if depth[line._from_task_id] == up), None)
+            path.append(node._task_id)
+            up = node._mark + 1  # the mark of a star one level up
+            node = next((line._src for line in _each(node._lines_in)
+                         if line._src._mark == up), None)
         path.reverse()
         return len(levels), path
 
     def get_longest_path(self) -> tuple[int, list[str]]:
-        if not self._tasks:
-            return 0, []
-        depth: dict[str, int] = {}
-        levels = self._levels(depth)
-        if sum(map(len, levels)) != len(self._tasks):
-            raise ValueError("DAG contains cycles")
-        return self._longest_by_count(levels, depth)
+        return self._longest_by_count(self._placed_levels())
 
     def get_max_width(self) -> int:
-        if not self._tasks:
-            return 0
-        return max(len(level) for level in self._levels())
+        return max((len(level) for level in self._levels()), default=0)
 
     def get_critical_path_length_with_time(self) -> tuple[float, list[str]]:
         """The longest path through COMPLETED stars, by their durations (a failed or
         cancelled star's time led nowhere; it counts in ``get_total_work``)."""
-        if not self._tasks:
-            return 0.0, []
-        completed = TaskStatus.COMPLETED
-        return self._longest({tid: (t.execution_duration or 0.0) if t._status is completed
-                              else 0.0 for tid, t in self._tasks.items()})
+        levels = self._placed_levels(_completed_duration)
+        return self._heaviest(levels, _completed_duration)
 
     def get_total_work(self) -> float:
         return sum(t.execution_duration or 0.0 for t in self._tasks.values())
 
-    def _analyse(self) -> tuple[list[list[str]], dict[str, int], dict[str, float] | None]:
+    def _analyse(self) -> list[list[TaskStar]]:
         """One Kahn pass for what the statistics need: the levels (order and width), every
         star's level (the longest path by count) and, once complete, every star's heaviest
-        path by duration (the critical path). Raises on a cycle."""
-        depth: dict[str, int] = {}
-        timed: dict[str, float] | None = {} if self.is_complete() else None
-        levels = self._levels(depth, timed) if self._tasks else []
-        if sum(map(len, levels)) != len(self._tasks):
-            raise ValueError("DAG contains cycles")
-        return levels, depth, timed
+        path by duration (the critical path)."""
+        return self._placed_levels(_duration if self.is_complete() else None)
 
     def get_parallelism_metrics(self) -> dict[str, Any]:
-        return self._parallelism(*self._analyse())
+        return self._parallelism(self._analyse())
 
-    def _parallelism(self, levels: list[list[str]], depth: dict[str, int],
-                     timed: dict[str, float] | None) -> dict[str, Any]:
+    def _parallelism(self, levels: list[list[TaskStar]]) -> dict[str, Any]:
         if not levels:
             return {"critical_path_length": 0, "total_work": 0, "parallelism_ratio": 0.0,
                     "calculation_mode": "empty", "critical_path_tasks": []}
-        if timed is not None:
-            tasks = self._tasks
-            end = max((tid for level in levels for tid in level), key=timed.__getitem__)
-            length = timed[end]
-            path = self._path_back(end, timed,
-                                   lambda tid: tasks[tid].execution_duration or 0.0)
+        if self.is_complete():
+            length, path = self._heaviest(levels, _duration)
             work: float = self.get_total_work()
             mode = "actual_time"
         else:
-            n, path = self._longest_by_count(levels, depth)
+            n, path = self._longest_by_count(levels)
             length, work, mode = float(n), float(len(self._tasks)), "node_count"
         return {"critical_path_length": length, "total_work": work,
                 "parallelism_ratio": work / length if length > 0 else 0.0,
                 "calculation_mode": mode, "critical_path_tasks": path}
 
     def get_statistics(self) -> dict[str, Any]:
-        levels, depth, timed = self._analyse()
-        longest, longest_tasks = self._longest_by_count(levels, depth)
-        metrics = self._parallelism(levels, depth, timed)
+        levels = self._analyse()
+        longest, longest_tasks = self._longest_by_count(levels)
+        metrics = self._parallelism(levels)
         return {
             "orion_id": self._orion_id,
             "name": self._name,

@@ -114,7 +114,7 @@ class TaskStar(JsonSerializable):
                  "_task_data", "_expected_output_type", "_required_capabilities", "_status",
                  "_result", "_error", "_execution_start_time", "_execution_end_time",
                  "_created_at", "_updated_at", "_revision", "_wire_cache", "_listener",
-                 "_unresolved", "_ord", "_lines_out", "_lines_in")
+                 "_unresolved", "_ord", "_lines_out", "_lines_in", "_mark", "_best")
 
     def __init__(
         self,
@@ -164,9 +164,12 @@ class TaskStar(JsonSerializable):
         # Scheduling bookkeeping owned by the orion: unsatisfied in-edges, topological slot.
         self._unresolved = 0
         self._ord = 0
-        # Its lines out and in (see task_orion.Lines), also kept by the orion.
+        # Its lines out and in (see task_orion.Lines), also kept by the orion, and scratch
+        # space for the orion's graph passes (TaskOrion._levels).
         self._lines_out: Any = ()
         self._lines_in: Any = ()
+        self._mark = 0
+        self._best: float | None = None
 
     # ------------------------------------------------------------------ identity and spec
     @property

@@ -5,11 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .enums import DependencyType, TaskStatus, parse_enum
 from .task_star import JsonSerializable, json_safe, now_ts, to_datetime, to_iso, to_timestamp
+
+if TYPE_CHECKING:
+    from .task_star import TaskStar
 
 ConditionEvaluator = Callable[[Any], bool]
 
@@ -32,7 +35,8 @@ class TaskStarLine(JsonSerializable):
     __slots__ = ("_line_id", "_from_task_id", "_to_task_id", "_dependency_type",
                  "_condition_description", "_condition_evaluator", "_condition", "_metadata",
                  "_created_at", "_updated_at", "_is_satisfied", "_last_evaluation_result",
-                 "_last_evaluation_time", "_last_evaluation_note", "_resolution")
+                 "_last_evaluation_time", "_last_evaluation_note", "_resolution", "_src",
+                 "_dst")
 
     def __init__(
         self,
@@ -63,6 +67,10 @@ class TaskStarLine(JsonSerializable):
         self._last_evaluation_time: float | None = None
         self._last_evaluation_note: str = ""
         self._resolution = 0  # owned by the orion: unresolved / satisfied / unsatisfiable
+        # Owned by the orion too: its two stars while it links them (no lookup by id to get
+        # from a line to a star on the scheduler's and the statistics' paths).
+        self._src: TaskStar | None = None
+        self._dst: TaskStar | None = None
 
     # ------------------------------------------------------------------ properties
     @property
