@@ -137,7 +137,12 @@ class FakeDevice(DeviceLink):
     def _answer_due(self) -> None:
         due, self._due = self._due, []
         for lease in due:
-            self._answer(lease)
+            try:
+                self._answer(lease)
+            except Exception as exc:  # as if each answer were its own callback: report it
+                asyncio.get_running_loop().call_exception_handler({   # and answer the rest
+                    "message": f"FakeDevice {self.device_id} failed to answer {lease.lease_id}",
+                    "exception": exc})
 
     def _answer(self, lease: Lease) -> None:
         if lease.lease_id not in self._live or self._manager is None:

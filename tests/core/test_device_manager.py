@@ -173,6 +173,33 @@ async def test_lease_success_result_and_status_events() -> None:
     assert [e.device_status for e in rec.events] == ["busy", "idle"]
 
 
+async def test_fake_device_answers_a_turn_s_assignments_in_order_even_if_one_callback_raises(
+) -> None:
+    # The assignments of one loop turn are answered by one callback, in the order they came;
+    # an on_done that raises is reported to the loop's exception handler (as if each answer
+    # were its own callback) and the others are still answered.
+    dm = new_dm()
+    await FakeDevice("a", capacity=3).connect(dm)
+    outcomes = Outcomes()
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    def explode(lease: Lease, outcome: LeaseOutcome) -> None:
+        raise RuntimeError("on_done failed")
+
+    try:
+        first = dm.start_lease("a", "t1", "x", {}, None, outcomes)
+        dm.start_lease("a", "t2", "x", {}, None, explode)
+        third = dm.start_lease("a", "t3", "x", {}, None, outcomes)
+        await outcomes.wait_for(2)
+    finally:
+        loop.set_exception_handler(None)
+    assert [lease for lease, _ in outcomes.items] == [first, third]
+    assert [str(c["exception"]) for c in reported] == ["on_done failed"]
+    assert dm.running_count("a") == 0
+
+
 async def test_lease_failure_from_device() -> None:
     dm = new_dm()
     await FakeDevice("a", fail_task_ids={"bad"}).connect(dm)
