@@ -6,6 +6,8 @@ with the generated (synchronous) stubs, and a record of what it accepted.
 - ``Stubs``: one channel, the five services' generated stubs.
 - ``World``: the orions the server accepted and what they looked like; ``assert_untouched()``
   after every bad call proves that the call changed nothing.
+- ``live_env(server)``: the server with a fake device and a running orion, accepted in a
+  ``World`` (the bad-input tests' starting point).
 - ``rejection(call)``: the status, ErrorInfo and BadRequest of a call that must fail.
 - ``Pki``: a throw-away CA and the certificates of a TLS test (made with ``cryptography``).
 """
@@ -13,6 +15,7 @@ with the generated (synchronous) stubs, and a record of what it accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -33,6 +36,7 @@ from orion_grpc.gen.orion.v1 import (
     event_service_pb2_grpc,
     manager_service_pb2,
     manager_service_pb2_grpc,
+    orchestrator_service_pb2,
     orchestrator_service_pb2_grpc,
     orion_pb2,
     synchronizer_service_pb2_grpc,
@@ -210,6 +214,36 @@ def watch_until(stubs: Stubs, orion_id: str, wanted: set[tuple[int, str]]) -> No
     finally:
         call.cancel()
     raise AssertionError(f"events never seen: {missing}")
+
+
+@dataclass
+class Env:
+    server: ServerThread
+    stubs: Stubs
+    world: World
+
+
+@contextlib.contextmanager
+def live_env(server: ServerThread) -> Iterator[Env]:
+    """``server`` with a fake device and one orion left running ("live": star "done"
+    completed, "hang" running forever, "later" waiting for it), accepted in the world; the
+    server stops on exit."""
+    stubs = Stubs(server.target)
+    try:
+        server.attach(FakeDevice("dev-1", "linux", capacity=8, hang_task_ids={"hang"}))
+        world = World(stubs)
+        live = simple_orion("live", "done", "hang", "later", chain=False)
+        live.dependencies.add(line_id="hang-later", from_task_id="hang", to_task_id="later")
+        stubs.orchestrator.SubmitOrion(orchestrator_service_pb2.SubmitOrionRequest(
+            orion=live, assignment_strategy=orion_pb2.ASSIGNMENT_STRATEGY_CAPABILITY_MATCH),
+            timeout=WAIT)
+        watch_until(stubs, "live", {(event_type("TASK_COMPLETED"), "done"),
+                                    (event_type("TASK_STARTED"), "hang")})
+        world.accept("live")
+        yield Env(server, stubs, world)
+    finally:
+        stubs.__exit__()
+        server.stop()
 
 
 def event_type(name: str) -> int:

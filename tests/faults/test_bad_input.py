@@ -17,18 +17,16 @@ import pytest
 from google.protobuf import field_mask_pb2
 from guard_support import (
     WAIT,
+    Env,
     Rejection,
     ServerThread,
     Stubs,
-    World,
-    event_type,
+    live_env,
     rejection,
     simple_orion,
-    watch_until,
 )
 
 from orion_grpc.api.limits import MAX_JSON_DEPTH
-from orion_grpc.core import FakeDevice
 from orion_grpc.core.conditions import MAX_CONDITION_LENGTH
 from orion_grpc.gen.orion.v1 import (
     edit_pb2,
@@ -45,41 +43,21 @@ MAX_STARS = 300
 MAX_RECEIVE = 256 * 1024
 
 
-@dataclass
-class Env:
-    server: ServerThread
-    stubs: Stubs
-    world: World
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    server = ServerThread(max_stars=MAX_STARS, max_lines=2 * MAX_STARS, max_task_data_bytes=4096,
-                          max_receive_message_bytes=MAX_RECEIVE)
-    stubs = Stubs(server.target)
-    try:
-        server.attach(FakeDevice("dev-1", "linux", capacity=8, hang_task_ids={"hang"}))
-        world = World(stubs)
+    with live_env(ServerThread(max_stars=MAX_STARS, max_lines=2 * MAX_STARS,
+                               max_task_data_bytes=4096,
+                               max_receive_message_bytes=MAX_RECEIVE)) as env:
+        stubs, world = env.stubs, env.world
         stubs.manager.RegisterOrion(manager_service_pb2.RegisterOrionRequest(
             orion=simple_orion("reg", "a", "b", "c")), timeout=WAIT)
         world.accept("reg")
-        live = simple_orion("live", "done", "hang", "later", chain=False)
-        live.dependencies.add(line_id="hang-later", from_task_id="hang", to_task_id="later")
-        stubs.orchestrator.SubmitOrion(orchestrator_service_pb2.SubmitOrionRequest(
-            orion=live, assignment_strategy=orion_pb2.ASSIGNMENT_STRATEGY_CAPABILITY_MATCH),
-            timeout=WAIT)
-        watch_until(stubs, "live", {(event_type("TASK_COMPLETED"), "done"),
-                                    (event_type("TASK_STARTED"), "hang")})
-        world.accept("live")
         result = stubs.orchestrator.OrchestrateOrion(orchestrator_service_pb2.OrchestrateOrionRequest(
             orion=simple_orion("fin", "x", "y"),
             assignment_strategy=orion_pb2.ASSIGNMENT_STRATEGY_CAPABILITY_MATCH), timeout=WAIT)
         assert result.result.status == orion_pb2.ORION_STATE_COMPLETED
         world.accept("fin")
-        yield Env(server, stubs, world)
-    finally:
-        stubs.__exit__()
-        server.stop()
+        yield env
 
 
 # ---------------------------------------------------------------------- request builders

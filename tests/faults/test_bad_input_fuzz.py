@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,19 +26,16 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from guard_support import (
     WAIT,
+    Env,
     ServerThread,
     Stubs,
-    World,
     decode,
-    event_type,
-    simple_orion,
-    watch_until,
+    live_env,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orion_grpc.api.limits import MAX_JSON_DEPTH
-from orion_grpc.core import FakeDevice
 from orion_grpc.gen.orion.v1 import (
     edit_pb2,
     manager_service_pb2,
@@ -57,32 +53,10 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 _ids = itertools.count()
 
 
-@dataclass
-class Env:
-    server: ServerThread
-    stubs: Stubs
-    world: World
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    server = ServerThread(max_stars=MAX_STARS, max_task_data_bytes=MAX_TASK_DATA)
-    stubs = Stubs(server.target)
-    try:
-        server.attach(FakeDevice("dev-1", "linux", capacity=8, hang_task_ids={"hang"}))
-        world = World(stubs)
-        live = simple_orion("live", "done", "hang", "later", chain=False)
-        live.dependencies.add(line_id="hang-later", from_task_id="hang", to_task_id="later")
-        stubs.orchestrator.SubmitOrion(orchestrator_service_pb2.SubmitOrionRequest(
-            orion=live, assignment_strategy=orion_pb2.ASSIGNMENT_STRATEGY_CAPABILITY_MATCH),
-            timeout=WAIT)
-        watch_until(stubs, "live", {(event_type("TASK_COMPLETED"), "done"),
-                                    (event_type("TASK_STARTED"), "hang")})
-        world.accept("live")
-        yield Env(server, stubs, world)
-    finally:
-        stubs.__exit__()
-        server.stop()
+    with live_env(ServerThread(max_stars=MAX_STARS, max_task_data_bytes=MAX_TASK_DATA)) as env:
+        yield env
 
 
 # ---------------------------------------------------------------------- orions with defects
