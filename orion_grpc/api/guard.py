@@ -33,17 +33,12 @@ from google.protobuf.message import Message
 
 from .auth import Authenticator, Principal, method_role, set_current_principal
 from .errors import ApiError, abort, abort_with, build_status
+from .handlers import behavior_of
 from .limits import StreamSlots, json_problems
 
 logger = logging.getLogger(__name__)
 
 _DRAIN_SECONDS = 1.0  # how long a refused client stream may take to send its first message
-
-_BUILDERS = (("unary_unary", grpc.unary_unary_rpc_method_handler),
-             ("unary_stream", grpc.unary_stream_rpc_method_handler),
-             ("stream_unary", grpc.stream_unary_rpc_method_handler),
-             ("stream_stream", grpc.stream_stream_rpc_method_handler))
-
 
 class Undecodable:
     """What the lenient deserializer hands on instead of a request it could not parse."""
@@ -118,24 +113,23 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: UNIMPLEMENTED
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        for kind, build in _BUILDERS:
-            behavior = getattr(handler, kind)
-            if behavior is None:
-                continue
-            unary_request = kind.startswith("unary")
-            wrapped = self._wrap(method, behavior, unary_request, kind.endswith("stream"))
-            if wrapped is None:  # a synchronous handler: it cannot be guarded
-                if self.authenticator.required and method_role(method) is not None:
-                    logger.error("%s has a synchronous handler, which would bypass "
-                                 "authentication: refused (UNIMPLEMENTED)", method)
-                    return None  # type: ignore[return-value]
-                return handler
-            deserializer = handler.request_deserializer
-            return build(wrapped,
-                         request_deserializer=_lenient(deserializer) if unary_request
-                         else deserializer,
-                         response_serializer=handler.response_serializer)
-        return handler
+        found = behavior_of(handler)
+        if found is None:
+            return handler
+        kind, behavior, build = found
+        unary_request = kind.startswith("unary")
+        wrapped = self._wrap(method, behavior, unary_request, kind.endswith("stream"))
+        if wrapped is None:  # a synchronous handler: it cannot be guarded
+            if self.authenticator.required and method_role(method) is not None:
+                logger.error("%s has a synchronous handler, which would bypass "
+                             "authentication: refused (UNIMPLEMENTED)", method)
+                return None  # type: ignore[return-value]
+            return handler
+        deserializer = handler.request_deserializer
+        return build(wrapped,  # type: ignore[no-any-return]
+                     request_deserializer=_lenient(deserializer) if unary_request
+                     else deserializer,
+                     response_serializer=handler.response_serializer)
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext,
                             streaming_request: bool = False) -> Principal | None:

@@ -40,6 +40,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import __version__
+from ..api.handlers import behavior_of
 from ..core.device_manager import REASON_CANCELLED, Lease, LeaseOutcome
 from ..core.enums import OrionState, TaskStatus
 
@@ -343,19 +344,13 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
             return self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
                                            attributes=attributes)
 
-        for kind, build in (("unary_unary", grpc.unary_unary_rpc_method_handler),
-                            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-                            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-                            ("stream_stream", grpc.stream_stream_rpc_method_handler)):
-            behavior = getattr(handler, kind)
-            if behavior is None:
-                continue
-            wrapped = _wrap(behavior, start)
-            if wrapped is None:
-                return handler  # a synchronous handler: left alone
-            return build(wrapped, request_deserializer=handler.request_deserializer,
-                         response_serializer=handler.response_serializer)
-        return handler
+        found = behavior_of(handler)
+        wrapped = _wrap(found[1], start) if found is not None else None
+        if found is None or wrapped is None:
+            return handler  # no behaviour, or a synchronous handler: left alone
+        return found[2](wrapped,  # type: ignore[no-any-return]
+                        request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
 
 
 def _wrap(behavior: Callable[..., Any], start: Callable[[], trace.Span]
