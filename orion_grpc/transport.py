@@ -70,12 +70,13 @@ def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
                                      _StreamStreamToken)]
 
 
-def _read(path: str, what: str) -> bytes:
+def read_pem(path: str, what: str, error: type[ValueError] = ValueError) -> bytes:
+    """The bytes of a PEM file; ``error`` naming ``what`` (e.g. the flag) if unreadable."""
     try:
         with open(path, "rb") as pem:
             return pem.read()
     except OSError as exc:
-        raise ValueError(f"{what} {path}: {exc.strerror or exc}") from exc
+        raise error(f"{what} {path}: {exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,9 @@ class ChannelSecurity:
         if not self.secure:
             return None
         return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "--ca") if self.ca else None,
-            private_key=_read(self.key, "--key") if self.key else None,
-            certificate_chain=_read(self.cert, "--cert") if self.cert else None)
+            root_certificates=read_pem(self.ca, "--ca") if self.ca else None,
+            private_key=read_pem(self.key, "--key") if self.key else None,
+            certificate_chain=read_pem(self.cert, "--cert") if self.cert else None)
 
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         return token_interceptors(self.token) if self.token else []

@@ -52,6 +52,7 @@ from ..observability.metrics import OrionMetrics
 from ..observability.prometheus import MetricsEndpoint
 from ..observability.tracing import Tracing
 from ..store.sqlite import SYNC_MODES, open_store
+from ..transport import read_pem
 from .auth import Authenticator, SecurityConfigError, Tokens
 from .event_log import EventLog
 from .event_service import EventServicer, add_event_service
@@ -288,8 +289,10 @@ class ServerConfig:
         cannot be read."""
         if not self.tls_cert:
             return None
-        key, cert = _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert")
-        ca = _read_pem(self.tls_client_ca, "--tls-client-ca") if self.tls_client_ca else None
+        key = read_pem(self.tls_key, "--tls-key", SecurityConfigError)
+        cert = read_pem(self.tls_cert, "--tls-cert", SecurityConfigError)
+        ca = read_pem(self.tls_client_ca, "--tls-client-ca", SecurityConfigError) \
+            if self.tls_client_ca else None
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                            require_client_auth=ca is not None)
 
@@ -327,14 +330,6 @@ class ServerConfig:
                             device_grace_period=self.device_grace_period,
                             modification_timeout=self.modification_timeout,
                             heartbeat_interval=self.heartbeat_interval)
-
-
-def _read_pem(path: str, flag: str) -> bytes:
-    try:
-        with open(path, "rb") as pem:
-            return pem.read()
-    except OSError as exc:
-        raise SecurityConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
