@@ -57,8 +57,8 @@ _EVENT_TASK = event_pb2.Event.DESCRIPTOR.fields_by_name["task"].number
 _PAYLOAD_RESULT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["result"].number
 _PAYLOAD_SNAPSHOT = event_pb2.TaskEventPayload.DESCRIPTOR.fields_by_name["snapshot"].number
 _STAR_RESULT = task_star_pb2.TaskStar.DESCRIPTOR.fields_by_name["result"].number
-# ... and an ended orion's event (OrionResultRecord.encode).
-_EVENT_ORION = event_pb2.Event.DESCRIPTOR.fields_by_name["orion"].number
+# ... and an ended orion's event (OrionResultRecord.encode; the log frames snapshots with it).
+EVENT_ORION = event_pb2.Event.DESCRIPTOR.fields_by_name["orion"].number
 _ORION_RESULT = event_pb2.OrionEventPayload.DESCRIPTOR.fields_by_name["result"].number
 
 # Keys of Event.data that hold live engine objects, not data.
@@ -259,7 +259,7 @@ class OrionResultRecord:
     def encode(self, sequence: int, resume_token: str) -> bytes:
         """The whole event (``sequence`` and token are already in the head)."""
         result = result_to_pb(self.result, self.orion_id).SerializeToString()
-        return self.head + wire.field(_EVENT_ORION, wire.field(_ORION_RESULT, result))
+        return self.head + wire.field(EVENT_ORION, wire.field(_ORION_RESULT, result))
 
 
 def _orion_event(event: OrionEvent, data: Mapping[str, Any], pb: event_pb2.Event,

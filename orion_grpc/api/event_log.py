@@ -36,7 +36,13 @@ from ..core.journal import Journal
 from ..gen.orion.v1 import event_pb2, event_service_pb2
 from . import wire
 from .convert import set_timestamp
-from .convert_events import DeviceEventRecord, OrionResultRecord, TaskEventRecord, event_parts
+from .convert_events import (
+    EVENT_ORION,
+    DeviceEventRecord,
+    OrionResultRecord,
+    TaskEventRecord,
+    event_parts,
+)
 from .errors import ApiError
 
 TOKEN_VERSION = "v1"
@@ -46,11 +52,10 @@ EventRecord = TaskEventRecord | DeviceEventRecord | OrionResultRecord
 
 
 # Field numbers used to frame encoded events by hand (see wire.py): WatchEventsResponse.event /
-# .events, Event.orion, OrionEventPayload.snapshot.
+# .events, OrionEventPayload.snapshot (Event.orion: convert_events.EVENT_ORION).
 _RESPONSE_EVENT = event_service_pb2.WatchEventsResponse.DESCRIPTOR.fields_by_name["event"].number
 _RESPONSE_EVENTS = \
     event_service_pb2.WatchEventsResponse.DESCRIPTOR.fields_by_name["events"].number
-_EVENT_ORION = event_pb2.Event.DESCRIPTOR.fields_by_name["orion"].number
 _ORION_SNAPSHOT = event_pb2.OrionEventPayload.DESCRIPTOR.fields_by_name["snapshot"].number
 
 
@@ -113,7 +118,7 @@ class LogEntry:
         if snapshot and self.snapshot is not None:
             # Two occurrences of a message field merge: the event, then its orion payload's
             # snapshot.
-            extra = wire.field(_EVENT_ORION, wire.field(_ORION_SNAPSHOT, self.snapshot))
+            extra = wire.field(EVENT_ORION, wire.field(_ORION_SNAPSHOT, self.snapshot))
             return wire.field(_RESPONSE_EVENTS if batched else _RESPONSE_EVENT,
                               self.data + extra)
         frame = self._framed[batched]
